@@ -1,0 +1,70 @@
+"""The one config schema every experiment file in configs/ starts from.
+
+Each `configs/*.py` calls `default_config()`, changes what it needs and returns the config locked,
+so a typo in `--config.key=value` is an error instead of a silently ignored key.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # the one seed: data order, LoRA init, dropout, sampling
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "tiny"  # ModelConfig preset name, used when hf_path is empty
+  c.model.hf_path = ""  # local Hugging Face LLaMA directory; overrides preset when set
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  c.model.param_dtype = "float32"  # dtype of frozen base weights: float32 | bfloat16
+  c.model.vocab_size = 0  # 0 = take the tokenizer's vocabulary size (presets trained from scratch)
+  c.model.remat = "none"  # none | full | dots: activation checkpointing policy of each layer
+
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.path = "data/tokenizer"  # HF tokenizer directory (Llama-3.1's, or the bundled one)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train = ("data/vatika_mini/train.json",)  # original training files (any reader format)
+  c.data.synthetic = ()  # curated synthetic JSONL files (gen/ output)
+  c.data.val = "data/vatika_mini/val.json"  # validation split
+  c.data.test1 = "data/vatika_mini/test1.json"  # in-distribution test
+  c.data.test2 = "data/vatika_mini/test2.json"  # held-out test (unseen contexts and places)
+  c.data.seq_len = 512  # packed row length in tokens
+  c.data.template = "auto"  # auto (chat if the tokenizer has a template) | chat | plain
+  c.data.strict = False  # stop on the first bad record instead of skipping and reporting
+
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 16  # adapter rank r
+  c.lora.alpha = 32.0  # scale = alpha / r (alpha / sqrt(r) with rslora)
+  c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # adapted projections
+  c.lora.dropout = 0.0  # dropout on the adapter input
+  c.lora.rslora = False  # rank-stabilised scaling alpha / sqrt(r)
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # data-parallel axis size; -1 = all devices left over
+  c.mesh.fsdp = 1  # fully-sharded data-parallel axis size (shards frozen weights and adapters)
+  c.mesh.tensor = 1  # tensor-parallel axis size (shards heads and MLP hidden)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 100  # optimizer steps of the stage
+  c.train.batch_size = 8  # global batch in packed rows per optimizer step
+  c.train.grad_accum = 1  # micro-batches per step (batch_size must divide by it)
+  c.train.learning_rate = 2e-4  # peak learning rate
+  c.train.warmup_steps = 10  # linear warm-up steps
+  c.train.min_lr_ratio = 0.1  # cosine decays to learning_rate * this
+  c.train.weight_decay = 0.0  # AdamW decoupled weight decay
+  c.train.clip_norm = 1.0  # global gradient-norm clip
+  c.train.log_every = 1  # steps between metrics.jsonl lines
+  c.train.reset_optimizer = True  # a stage restored from another starts with fresh optimizer state
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 50  # save period (a save also happens at the end and on SIGTERM)
+  c.checkpoint.keep = 2  # checkpoints kept per stage
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.max_new_tokens = 64  # generation budget per answer
+  c.eval.batch_size = 16  # prompts per generate call
+  c.eval.max_examples = 0  # 0 = every record of a split
+  c.eval.bertscore_model = ""  # local BERT directory for BERTScore; empty = not computed
+  c.eval.bertscore_layer = 9  # layer of that model used for BERTScore
+  return c

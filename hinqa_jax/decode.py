@@ -1,0 +1,112 @@
+"""Batched generation: prefill, then one `lax.while_loop` over new tokens with a KV cache (no Python per token).
+
+Prompts of different lengths are left-padded into one batch: pads get segment id 0 (nothing attends
+to them) and each row's RoPE positions start at 0 at its first real token, so a padded row computes
+what it would alone. Rows stop at any of the stop ids; the loop ends when all rows stopped.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hinqa_jax import model as model_lib
+from hinqa_jax.model import ModelConfig, Params
+
+
+def _bucket(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def sample_logits(logits_bv, key, temperature: float, top_k: int, top_p: float):
+  """Greedy when temperature == 0; else temperature, then top-k, then nucleus (top-p) filtering."""
+  if temperature == 0.0:
+    return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+  logits_bv = logits_bv / temperature
+  neg = jnp.finfo(logits_bv.dtype).min
+  if top_k > 0:
+    kth = jax.lax.top_k(logits_bv, top_k)[0][:, -1:]
+    logits_bv = jnp.where(logits_bv < kth, neg, logits_bv)
+  if top_p < 1.0:
+    sorted_desc = jnp.sort(logits_bv, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass before it is < top_p.
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    n_keep = jnp.maximum(jnp.sum(mass_before < top_p, axis=-1, keepdims=True), 1)
+    cutoff = jnp.take_along_axis(sorted_desc, n_keep - 1, axis=-1)
+    logits_bv = jnp.where(logits_bv < cutoff, neg, logits_bv)
+  return jax.random.categorical(key, logits_bv, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg", "max_new_tokens", "temperature", "top_k", "top_p"))
+def _generate(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segment_bp, stop_ids, key, *,
+              max_new_tokens: int, temperature: float, top_k: int, top_p: float):
+  b, p = tokens_bp.shape
+  positions_bp = jnp.maximum(jnp.cumsum(segment_bp, axis=1) - 1, 0).astype(jnp.int32)
+  cache = model_lib.init_cache(cfg, b, p + max_new_tokens)
+  x, cache = model_lib.forward_hidden(cfg, params, tokens_bp, segment_ids=segment_bp, positions=positions_bp,
+                                      adapters=adapters, lora_cfg=lora_cfg, cache=cache, cache_index=0)
+  logits = model_lib.logits_from_hidden(cfg, params, x[:, -1:])[:, 0]
+  first = sample_logits(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p)
+  out = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
+  done = jnp.isin(first, stop_ids)
+  next_pos = positions_bp[:, -1] + 1
+
+  def cond(state):
+    i, _, _, done, _ = state
+    return (i < max_new_tokens) & ~jnp.all(done)
+
+  def body(state):
+    i, out, cache, done, pos = state
+    tok = out[:, i - 1]
+    x, cache = model_lib.forward_hidden(cfg, params, tok[:, None], segment_ids=jnp.ones((b, 1), jnp.int32),
+                                        positions=pos[:, None], adapters=adapters, lora_cfg=lora_cfg,
+                                        cache=cache, cache_index=p + i - 1)
+    logits = model_lib.logits_from_hidden(cfg, params, x)[:, 0]
+    nxt = sample_logits(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
+    nxt = jnp.where(done, 0, nxt)  # finished rows keep emitting a filler that is cut off below
+    out = out.at[:, i].set(nxt)
+    return i + 1, out, cache, done | jnp.isin(nxt, stop_ids), pos + 1
+
+  n, out, _, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), out, cache, done, next_pos))
+  return out, n
+
+
+def generate(cfg: ModelConfig, params: Params, prompts: Sequence[Sequence[int]], max_new_tokens: int = 32, *,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+             eos_ids: Sequence[int] | None = None, adapters: Params | None = None, lora_cfg=None,
+             length_multiple: int = 16) -> list[list[int]]:
+  """New tokens for each prompt, greedy by default, cut before the first stop id (not included).
+
+  eos_ids: stop ids (default cfg.eos_ids; Llama-3.1 ends a turn with any of 128001/128008/128009).
+  length_multiple: prompts are left-padded to a multiple of this, so few distinct shapes compile.
+  """
+  if not prompts:
+    return []
+  if any(len(q) == 0 for q in prompts):
+    raise ValueError("generate: every prompt needs at least one token")
+  if max_new_tokens < 1:
+    raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+  longest = max(len(q) for q in prompts)
+  if longest + max_new_tokens > cfg.max_seq_len:
+    raise ValueError(f"generate: prompt of {longest} tokens + {max_new_tokens} new exceeds max_seq_len {cfg.max_seq_len}")
+  stops = list(cfg.eos_ids if eos_ids is None else eos_ids) or [-1]
+  p = _bucket(longest, length_multiple)
+  tokens = np.zeros((len(prompts), p), np.int32)
+  segments = np.zeros((len(prompts), p), np.int32)
+  for row, q in enumerate(prompts):
+    tokens[row, p - len(q):] = q
+    segments[row, p - len(q):] = 1
+  out, n = _generate(cfg, params, adapters, lora_cfg, jnp.asarray(tokens), jnp.asarray(segments),
+                     jnp.asarray(stops, jnp.int32), jax.random.key(seed), max_new_tokens=max_new_tokens,
+                     temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+  out = np.asarray(out)[:, :int(n)]
+  stop_set = set(stops)
+  results = []
+  for row in out.tolist():
+    cut = next((i for i, t in enumerate(row) if t in stop_set), len(row))
+    results.append(row[:cut])
+  return results

@@ -1,0 +1,259 @@
+"""Hugging Face LLaMA checkpoints in and out, with safetensors directly (transformers 5 has no Flax).
+
+Reading goes tensor by tensor into one preallocated buffer per stacked parameter, so an 8B import
+holds the model once in host memory plus one tensor in flight, never two full copies. Everything
+is validated (config, names, shapes) before a byte of weights is read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from hinqa_jax import model as model_lib
+from hinqa_jax.model import ModelConfig, Params
+
+# Our path (stacked over layers when it starts with "layers") -> HF tensor name; HF Linear weights are [out, in],
+# our kernels [in, out], hence `transpose`.
+_LAYER_TENSORS = {
+    ("input_layernorm", "weight"): ("input_layernorm.weight", False),
+    ("post_attention_layernorm", "weight"): ("post_attention_layernorm.weight", False),
+    **{("self_attn", p, "kernel"): (f"self_attn.{p}.weight", True) for p in ("q_proj", "k_proj", "v_proj", "o_proj")},
+    **{("mlp", p, "kernel"): (f"mlp.{p}.weight", True) for p in ("gate_proj", "up_proj", "down_proj")},
+}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                    "chat_template.jinja")
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "bfloat16"}
+
+
+# ----------------------------------------------------------------------------- config
+def config_from_hf(hf: dict, *, source: str = "config.json", param_dtype: str | None = None) -> ModelConfig:
+  """ModelConfig from a HF LLaMA config dict; reads `rope_scaling`/`rope_theta` and `rope_parameters` forms."""
+  arch = hf.get("architectures") or []
+  if hf.get("model_type") != "llama" or (arch and "LlamaForCausalLM" not in arch):
+    raise ValueError(f"{source}: not a LLaMA causal LM (model_type={hf.get('model_type')!r}, architectures={arch})")
+  for key, want in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
+    if hf.get(key, want) != want:
+      raise ValueError(f"{source}: {key}={hf.get(key)!r} is not supported (LLaMA uses {want!r})")
+  rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+  theta = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  if rope_type not in ("default", "llama3"):
+    raise ValueError(f"{source}: rope type {rope_type!r} is not supported (default or llama3)")
+  eos = hf.get("eos_token_id")
+  eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+  dtype = param_dtype or _DTYPES.get(str(hf.get("dtype", hf.get("torch_dtype", "float32"))), "float32")
+  n_heads = hf["num_attention_heads"]
+  try:
+    return ModelConfig(
+        vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=n_heads,
+        n_kv_heads=hf.get("num_key_value_heads") or n_heads, ffn_dim=hf["intermediate_size"],
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // n_heads, rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta, rope_factor=float(rope.get("factor", 0.0)) if rope_type == "llama3" else 0.0,
+        rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+        rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+        rope_original_max_pos=int(rope.get("original_max_position_embeddings", 8192)),
+        max_seq_len=int(hf.get("max_position_embeddings", 8192)), tie_embeddings=bool(hf.get("tie_word_embeddings")),
+        bos_id=hf.get("bos_token_id") if hf.get("bos_token_id") is not None else -1, eos_ids=eos_ids,
+        pad_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else -1,
+        dtype=dtype, param_dtype=dtype)
+  except KeyError as e:
+    raise ValueError(f"{source}: missing key {e.args[0]!r}") from None
+
+
+def config_to_hf(cfg: ModelConfig, dtype: str) -> dict:
+  """A config.json that transformers 4.x (vLLM's) and 5.x both read: legacy `rope_scaling` + `rope_theta`."""
+  rope_scaling = None
+  if cfg.rope_factor:
+    rope_scaling = {"rope_type": "llama3", "factor": cfg.rope_factor, "low_freq_factor": cfg.rope_low_freq_factor,
+                    "high_freq_factor": cfg.rope_high_freq_factor,
+                    "original_max_position_embeddings": cfg.rope_original_max_pos}
+  eos = list(cfg.eos_ids)
+  return {
+      "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
+      "hidden_size": cfg.dim, "intermediate_size": cfg.ffn_dim, "num_hidden_layers": cfg.n_layers,
+      "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+      "hidden_act": "silu", "rms_norm_eps": cfg.rms_eps, "rope_theta": cfg.rope_theta, "rope_scaling": rope_scaling,
+      "max_position_embeddings": cfg.max_seq_len, "tie_word_embeddings": cfg.tie_embeddings,
+      "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0, "initializer_range": 0.02,
+      "bos_token_id": cfg.bos_id if cfg.bos_id >= 0 else None, "eos_token_id": eos[0] if len(eos) == 1 else eos,
+      "pad_token_id": cfg.pad_id if 0 <= cfg.pad_id < cfg.vocab_size else None,
+      "torch_dtype": dtype, "use_cache": True,
+  }
+
+
+# ----------------------------------------------------------------------------- reading
+def _expected_tensors(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple, int | None, bool]]:
+  """HF name -> (HF shape, our path, layer index or None, transpose)."""
+  shapes = jax.eval_shape(model_lib.init, cfg, jax.random.key(0))
+  out = {"model.embed_tokens.weight": ((cfg.vocab_size, cfg.dim), ("embed_tokens", "embedding"), None, False),
+         "model.norm.weight": ((cfg.dim,), ("norm", "weight"), None, False)}
+  if not cfg.tie_embeddings:
+    out["lm_head.weight"] = ((cfg.vocab_size, cfg.dim), ("lm_head", "kernel"), None, True)
+  for path, (suffix, transpose) in _LAYER_TENSORS.items():
+    leaf = shapes["layers"]
+    for p in path:
+      leaf = leaf[p]
+    shape = leaf.shape[1:][::-1] if transpose else leaf.shape[1:]
+    for i in range(cfg.n_layers):
+      out[f"model.layers.{i}.{suffix}"] = (tuple(shape), ("layers",) + path, i, transpose)
+  return out
+
+
+def _weight_files(path: Path) -> dict[str, Path]:
+  """Tensor name -> safetensors file, from the index when sharded."""
+  index = path / "model.safetensors.index.json"
+  if index.exists():
+    weight_map = json.loads(index.read_text())["weight_map"]
+    return {name: path / f for name, f in weight_map.items()}
+  files = sorted(path.glob("*.safetensors"))
+  if not files:
+    raise ValueError(f"{path}: no *.safetensors weights (and no model.safetensors.index.json)")
+  names = {}
+  for f in files:
+    with safe_open(f, "numpy") as st:
+      names.update({k: f for k in st.keys()})
+  return names
+
+
+def read_config(path: str | os.PathLike, param_dtype: str | None = None) -> ModelConfig:
+  cfg_file = Path(path) / "config.json"
+  if not cfg_file.exists():
+    raise ValueError(f"{path}: no config.json (is this a Hugging Face model directory?)")
+  return config_from_hf(json.loads(cfg_file.read_text()), source=str(cfg_file), param_dtype=param_dtype)
+
+
+def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
+            put: Callable[[tuple, np.ndarray], jax.Array] | None = None) -> tuple[ModelConfig, Params]:
+  """(ModelConfig, base params) from a local HF LLaMA directory.
+
+  param_dtype: storage dtype (default: the checkpoint's; float16 becomes bfloat16).
+  put(path, host_array): places each finished parameter, e.g. `jax.device_put` with its sharding;
+    default `jnp.asarray` on the default device.
+  """
+  path = Path(path)
+  cfg = read_config(path, param_dtype)
+  expected = _expected_tensors(cfg)
+  files = _weight_files(path)
+  missing = [n for n in expected if n not in files]
+  if missing:
+    raise ValueError(f"{path}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)} in all)")
+  by_file: dict[Path, list[str]] = {}
+  for name in expected:
+    by_file.setdefault(files[name], []).append(name)
+  for f, names in by_file.items():  # shapes checked for every tensor before any is read
+    if not f.exists():
+      raise ValueError(f"{f}: listed in model.safetensors.index.json but missing")
+    with safe_open(f, "numpy") as st:
+      for name in names:
+        shape = tuple(st.get_slice(name).get_shape())
+        if shape != expected[name][0]:
+          raise ValueError(f"{f}: tensor {name} has shape {shape}, expected {expected[name][0]} from config.json")
+
+  np_dtype = jnp.dtype(cfg.param_dtype)
+  put = put or (lambda _, a: jnp.asarray(a))
+  buffers: dict[tuple, np.ndarray] = {}
+  params: dict = {}
+  remaining: dict[tuple, int] = {}
+  for name, (_, p, layer, _) in expected.items():
+    remaining[p] = remaining.get(p, 0) + 1
+  for f, names in by_file.items():
+    with safe_open(f, "flax") as st:
+      for name in names:
+        shape, p, layer, transpose = expected[name]
+        host = np.asarray(st.get_tensor(name)).astype(np_dtype)
+        host = host.T if transpose else host
+        if layer is None:
+          buffers[p] = host
+        else:
+          if p not in buffers:
+            buffers[p] = np.empty((cfg.n_layers,) + host.shape, np_dtype)
+          buffers[p][layer] = host
+        remaining[p] -= 1
+        if remaining[p] == 0:  # parameter complete: hand it to its device and free the host copy
+          node = params
+          for k in p[:-1]:
+            node = node.setdefault(k, {})
+          node[p[-1]] = put(p, buffers.pop(p))
+  return cfg, params
+
+
+# ----------------------------------------------------------------------------- writing
+def _atomic_dir(out_dir: Path):
+  out_dir.parent.mkdir(parents=True, exist_ok=True)
+  return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+
+
+def _publish(tmp: Path, out_dir: Path):
+  if out_dir.exists():
+    shutil.rmtree(out_dir)
+  os.replace(tmp, out_dir)
+
+
+def _hf_tensors(cfg: ModelConfig, params: Params, dtype) -> dict[str, np.ndarray]:
+  out = {}
+  for name, (_, p, layer, transpose) in _expected_tensors(cfg).items():
+    leaf = params
+    for k in p:
+      leaf = leaf[k]
+    a = np.asarray(jax.device_get(leaf if layer is None else leaf[layer])).astype(dtype)
+    out[name] = np.ascontiguousarray(a.T if transpose else a)
+  return out
+
+
+def save_hf(out_dir: str | os.PathLike, cfg: ModelConfig, params: Params, *, adapters=None, lora_cfg=None,
+            dtype: str | None = None, tokenizer_dir: str | os.PathLike | None = None,
+            max_shard_bytes: int = 2 * 1024**3) -> Path:
+  """Write a transformers-loadable directory: config.json, generation_config.json, sharded safetensors.
+
+  With adapters, LoRA is merged into the weights first (W + scale * A @ B). The directory appears
+  whole or not at all (written beside it, then renamed).
+  """
+  out_dir = Path(out_dir)
+  if adapters is not None:
+    from hinqa_jax import lora
+    params = lora.merge(params, adapters, lora_cfg)
+  dtype = dtype or cfg.param_dtype
+  np_dtype = jnp.dtype(dtype)
+  tensors = _hf_tensors(cfg, params, np_dtype)
+  tmp = _atomic_dir(out_dir)
+  try:
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, a in tensors.items():
+      if shards[-1] and size + a.nbytes > max_shard_bytes:
+        shards.append({})
+        size = 0
+      shards[-1][name] = a
+      size += a.nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+      fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+      save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+      weight_map.update({name: fname for name in shard})
+    if len(shards) > 1:
+      total = sum(a.nbytes for a in tensors.values())
+      (tmp / "model.safetensors.index.json").write_text(
+          json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg, str(np_dtype)), indent=2))
+    gen = {"bos_token_id": cfg.bos_id if cfg.bos_id >= 0 else None,
+           "eos_token_id": list(cfg.eos_ids) if len(cfg.eos_ids) != 1 else cfg.eos_ids[0], "do_sample": False}
+    (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    if tokenizer_dir is not None:
+      for f in _TOKENIZER_FILES:
+        if (Path(tokenizer_dir) / f).exists():
+          shutil.copy2(Path(tokenizer_dir) / f, tmp / f)
+    _publish(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out_dir

@@ -1,0 +1,344 @@
+"""LLaMA-3.1 decoder in Flax NNX, used functionally.
+
+NNX modules declare the parameters and hold the math of one layer; the public functions below take
+and return plain pytrees (nested dicts of arrays), so `jax.jit`, sharding and Orbax see ordinary
+pytrees. The L decoder layers are stacked on a leading axis and run with `jax.lax.scan`.
+
+Parameter paths mirror Hugging Face names (`layers/self_attn/q_proj/kernel` is HF
+`model.layers.{i}.self_attn.q_proj.weight`, transposed), so hf.py is a table, not a translation.
+
+Einsum letters: B batch, T query length, S key length (cache slots), D model dim, H query heads,
+K kv heads, G query heads per kv head (H = K*G), E head dim, F MLP hidden, V vocab, L layers, R LoRA rank.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Params = dict[str, Any]
+LLAMA3_EOS_IDS = (128001, 128008, 128009)
+
+
+@functools.partial(jax.tree_util.register_static)
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shapes and numerics of a LLaMA-3.x model. Static: a pytree with no leaves, hashable for jit."""
+  vocab_size: int
+  dim: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  ffn_dim: int
+  head_dim: int = 0  # 0 = dim // n_heads
+  rms_eps: float = 1e-5
+  rope_theta: float = 500000.0
+  # llama3 RoPE scaling; factor 0 = no scaling.
+  rope_factor: float = 8.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_pos: int = 8192
+  max_seq_len: int = 131072
+  tie_embeddings: bool = False
+  bos_id: int = 128000
+  eos_ids: tuple[int, ...] = LLAMA3_EOS_IDS
+  pad_id: int = 128004
+  dtype: str = "float32"  # compute dtype of matmuls; norms, softmax and logits stay float32
+  param_dtype: str = "float32"  # storage dtype of the frozen base weights
+  remat: str = "none"  # none | full | dots: what each scanned layer saves for the backward pass
+
+  def __post_init__(self):
+    if self.head_dim == 0:
+      object.__setattr__(self, "head_dim", self.dim // self.n_heads)
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+    if self.remat not in ("none", "full", "dots"):
+      raise ValueError(f"remat must be none, full or dots, got {self.remat!r}")
+
+  @classmethod
+  def preset(cls, name: str, **overrides) -> "ModelConfig":
+    if name not in PRESETS:
+      raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+  def replace(self, **overrides) -> "ModelConfig":
+    return dataclasses.replace(self, **overrides)
+
+
+_LLAMA31_COMMON = dict(vocab_size=128256, rope_theta=500000.0, rope_factor=8.0, rope_low_freq_factor=1.0,
+                       rope_high_freq_factor=4.0, rope_original_max_pos=8192, max_seq_len=131072)
+PRESETS = {
+    # Meta-Llama-3.1-8B config.json.
+    "llama3_8b": ModelConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336, **_LLAMA31_COMMON),
+    # Meta-Llama-3.1-70B config.json.
+    "llama3_70b": ModelConfig(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672, **_LLAMA31_COMMON),
+    # Small CPU presets, trained from scratch with the bundled tokenizer (vocab set from the tokenizer).
+    "tiny": ModelConfig(vocab_size=4096, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=192,
+                        max_seq_len=2048, rope_original_max_pos=256, tie_embeddings=True),
+    "small": ModelConfig(vocab_size=4096, dim=256, n_layers=4, n_heads=8, n_kv_heads=2, ffn_dim=768,
+                         max_seq_len=2048, rope_original_max_pos=1024, tie_embeddings=True),
+    # About 30M parameters: the benchmark model.
+    "bench30m": ModelConfig(vocab_size=32000, dim=384, n_layers=8, n_heads=6, n_kv_heads=2, ffn_dim=1024,
+                            max_seq_len=2048, rope_original_max_pos=1024, tie_embeddings=False),
+}
+
+
+def _dtype(name: str):
+  return jnp.dtype(name)
+
+
+# ----------------------------------------------------------------------------- rotary embeddings
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """Inverse frequencies [E/2] with llama3 scaling, computed in float32 as transformers does."""
+  exps = np.arange(0, cfg.head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(cfg.head_dim)
+  inv_freq = (np.float32(1.0) / (np.float32(cfg.rope_theta) ** exps)).astype(np.float32)
+  if not cfg.rope_factor:
+    return inv_freq
+  factor, low, high = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+  old_len = cfg.rope_original_max_pos
+  low_freq_wavelen, high_freq_wavelen = old_len / low, old_len / high
+  wavelen = 2 * math.pi / inv_freq
+  # Long wavelengths (low frequencies) are slowed by `factor`, short ones kept, the band between blended.
+  scaled = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+  smooth = (old_len / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+  return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def _rotate_half(x):
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(x_bthe, positions_bt, inv_freq):
+  """Rotary embedding in the rotate-half layout of HF checkpoints (no q/k permutation needed)."""
+  freqs_bte = positions_bt.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+  emb = jnp.concatenate([freqs_bte, freqs_bte], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(emb).astype(x_bthe.dtype), jnp.sin(emb).astype(x_bthe.dtype)
+  return x_bthe * cos + _rotate_half(x_bthe) * sin
+
+
+# ----------------------------------------------------------------------------- modules
+class RMSNorm(nnx.Module):
+  def __init__(self, dim: int, eps: float, param_dtype):
+    self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+    self.eps = eps
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.weight[...].astype(x.dtype) * x32.astype(x.dtype)
+
+
+class Proj(nnx.Module):
+  """A bias-free projection `x @ kernel` with an optional LoRA update `scale * x @ a @ b`."""
+
+  def __init__(self, d_in: int, d_out: int, rngs: nnx.Rngs, param_dtype):
+    std = 1.0 / math.sqrt(d_in)
+    self.kernel = nnx.Param(jax.random.normal(rngs.params(), (d_in, d_out), param_dtype) * std)
+
+  def __call__(self, x, adapter=None, scale: float = 1.0, dropout: float = 0.0, rng=None):
+    y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
+    if adapter is not None:
+      xa = x
+      if dropout and rng is not None:
+        keep = jax.random.bernoulli(rng, 1.0 - dropout, x.shape)
+        xa = jnp.where(keep, x / (1.0 - dropout), 0).astype(x.dtype)
+      h = jnp.einsum("...i,ir->...r", xa, adapter["a"].astype(x.dtype))
+      y = y + scale * jnp.einsum("...r,ro->...o", h, adapter["b"].astype(x.dtype))
+    return y
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    pd, d, e = _dtype(cfg.param_dtype), cfg.dim, cfg.head_dim
+    self.q_proj = Proj(d, cfg.n_heads * e, rngs, pd)  # kernel [D, H*E]
+    self.k_proj = Proj(d, cfg.n_kv_heads * e, rngs, pd)  # kernel [D, K*E]
+    self.v_proj = Proj(d, cfg.n_kv_heads * e, rngs, pd)  # kernel [D, K*E]
+    self.o_proj = Proj(cfg.n_heads * e, d, rngs, pd)  # kernel [H*E, D]
+
+
+class MLP(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    pd = _dtype(cfg.param_dtype)
+    self.gate_proj = Proj(cfg.dim, cfg.ffn_dim, rngs, pd)  # kernel [D, F]
+    self.up_proj = Proj(cfg.dim, cfg.ffn_dim, rngs, pd)  # kernel [D, F]
+    self.down_proj = Proj(cfg.ffn_dim, cfg.dim, rngs, pd)  # kernel [F, D]
+
+
+class Block(nnx.Module):
+  """One decoder layer: pre-norm attention and SwiGLU MLP, each with a residual."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    pd = _dtype(cfg.param_dtype)
+    self.input_layernorm = RMSNorm(cfg.dim, cfg.rms_eps, pd)
+    self.self_attn = Attention(cfg, rngs)
+    self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.rms_eps, pd)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, cfg: ModelConfig, x_btd, ctx: dict, adapters: dict | None, lora: tuple, cache: dict | None):
+    scale, dropout, rng = lora
+    ad = adapters or {}
+    rngs = list(jax.random.split(rng, 7)) if rng is not None else [None] * 7
+
+    def proj(module, group, name, x, i):
+      return module(x, ad.get(group, {}).get(name), scale, dropout, rngs[i])
+
+    b, t, _ = x_btd.shape
+    k_heads, e = cfg.n_kv_heads, cfg.head_dim
+    g = cfg.n_heads // k_heads
+    h = self.input_layernorm(x_btd)
+    attn = self.self_attn
+    q = proj(attn.q_proj, "self_attn", "q_proj", h, 0).reshape(b, t, cfg.n_heads, e)
+    k = proj(attn.k_proj, "self_attn", "k_proj", h, 1).reshape(b, t, k_heads, e)
+    v = proj(attn.v_proj, "self_attn", "v_proj", h, 2).reshape(b, t, k_heads, e)
+    q = apply_rope(q, ctx["positions"], ctx["inv_freq"])
+    k = apply_rope(k, ctx["positions"], ctx["inv_freq"])
+    new_cache = None
+    if cache is not None:  # write this chunk's keys and values into the cache slots
+      idx = ctx["cache_index"]
+      k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, idx, 0, 0))
+      v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, idx, 0, 0))
+      new_cache = {"k": k_all, "v": v_all}
+      k, v = k_all.astype(x_btd.dtype), v_all.astype(x_btd.dtype)
+    q_btkge = q.reshape(b, t, k_heads, g, e)
+    scores = jnp.einsum("btkge,bske->bkgts", q_btkge, k, preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(e))
+    scores = jnp.where(ctx["mask_bts"][:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(x_btd.dtype)
+    out = jnp.einsum("bkgts,bske->btkge", probs, v).reshape(b, t, cfg.n_heads * e)
+    x_btd = x_btd + proj(attn.o_proj, "self_attn", "o_proj", out, 3)
+
+    h = self.post_attention_layernorm(x_btd)
+    mlp = self.mlp
+    gate = proj(mlp.gate_proj, "mlp", "gate_proj", h, 4)
+    up = proj(mlp.up_proj, "mlp", "up_proj", h, 5)
+    x_btd = x_btd + proj(mlp.down_proj, "mlp", "down_proj", jax.nn.silu(gate) * up, 6)
+    return x_btd, new_cache
+
+
+@functools.lru_cache(maxsize=None)
+def _block_graphdef(cfg: ModelConfig):
+  return nnx.graphdef(nnx.eval_shape(lambda: Block(cfg, nnx.Rngs(0))))
+
+
+# ----------------------------------------------------------------------------- init
+def init(cfg: ModelConfig, key: jax.Array) -> Params:
+  """Random base parameters. `jax.eval_shape(model.init, cfg, key)` allocates nothing."""
+  k_embed, k_layers, k_head = jax.random.split(key, 3)
+  pd = _dtype(cfg.param_dtype)
+
+  def init_block(k):
+    return nnx.to_pure_dict(nnx.state(Block(cfg, nnx.Rngs(params=k))))
+
+  params = {
+      "embed_tokens": {"embedding": jax.random.normal(k_embed, (cfg.vocab_size, cfg.dim), pd) * 0.02},
+      "layers": jax.vmap(init_block)(jax.random.split(k_layers, cfg.n_layers)),
+      "norm": {"weight": jnp.ones((cfg.dim,), pd)},
+  }
+  if not cfg.tie_embeddings:
+    std = 1.0 / math.sqrt(cfg.dim)
+    params["lm_head"] = {"kernel": jax.random.normal(k_head, (cfg.dim, cfg.vocab_size), pd) * std}
+  return params
+
+
+def count_params(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+# ----------------------------------------------------------------------------- forward
+_REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
+                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def attention_mask(q_segment_bt, k_segment_bs, q_slot_bt, k_slot_bs):
+  """Who may attend to whom: same non-zero segment, and key slot not after query slot (causal)."""
+  same = (q_segment_bt[:, :, None] == k_segment_bs[:, None, :]) & (k_segment_bs[:, None, :] != 0)
+  return same & (k_slot_bs[:, None, :] <= q_slot_bt[:, :, None])
+
+
+def forward_hidden(cfg: ModelConfig, params: Params, tokens_bt, *, segment_ids=None, positions=None,
+                   adapters=None, lora_cfg=None, dropout_rng=None, cache=None, cache_index=None,
+                   activation_sharding=None, unroll: int | bool = 1):
+  """Final-norm hidden states [B,T,D]; with `cache`, also the updated cache. See `forward`.
+
+  unroll: layers unrolled per scan step; decoding unrolls all, so XLA slices the stacked weights
+    in place instead of copying each layer's weights out of the stack every token.
+  """
+  b, t = tokens_bt.shape
+  dt = _dtype(cfg.dtype)
+  if segment_ids is None:
+    segment_ids = jnp.ones((b, t), jnp.int32)
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  if cache is None:
+    slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    mask = attention_mask(segment_ids, segment_ids, slots, slots)
+  else:
+    s = cache["segment_ids"].shape[1]
+    k_segment = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32), (0, cache_index))
+    q_slots = cache_index + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    k_slots = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+    mask = attention_mask(segment_ids, k_segment, q_slots, k_slots)
+  ctx = {"positions": positions, "inv_freq": rope_inv_freq(cfg), "mask_bts": mask, "cache_index": cache_index}
+
+  x = params["embed_tokens"]["embedding"].astype(dt)[tokens_bt]
+  graphdef = _block_graphdef(cfg)
+  scale = lora_cfg.scale if lora_cfg is not None else 1.0
+  dropout = lora_cfg.dropout if lora_cfg is not None else 0.0
+  layer_adapters = adapters["layers"] if adapters is not None else None
+  layer_rngs = jax.random.split(dropout_rng, cfg.n_layers) if dropout_rng is not None else None
+  layer_cache = {"k": cache["k"], "v": cache["v"]} if cache is not None else None
+
+  def body(x_btd, layer):
+    p, ad, rng, kv = layer
+    if activation_sharding is not None:
+      x_btd = jax.lax.with_sharding_constraint(x_btd, activation_sharding)
+    block = nnx.merge(graphdef, p)
+    return block(cfg, x_btd, ctx, ad, (scale, dropout, rng), kv)
+
+  if cfg.remat != "none":
+    body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+  x, new_kv = jax.lax.scan(body, x, (params["layers"], layer_adapters, layer_rngs, layer_cache), unroll=unroll)
+  norm = nnx.merge(nnx.graphdef(RMSNorm(1, cfg.rms_eps, jnp.float32)), params["norm"])
+  x = norm(x)
+  if cache is None:
+    return x
+  return x, {"k": new_kv["k"], "v": new_kv["v"], "segment_ids": k_segment}
+
+
+def logits_from_hidden(cfg: ModelConfig, params: Params, x_btd):
+  """Output head in float32: tied to the embedding or a separate `lm_head`."""
+  if cfg.tie_embeddings:
+    w_dv = params["embed_tokens"]["embedding"].astype(x_btd.dtype).T
+  else:
+    w_dv = params["lm_head"]["kernel"].astype(x_btd.dtype)
+  return jnp.einsum("btd,dv->btv", x_btd, w_dv, preferred_element_type=jnp.float32)
+
+
+def forward(cfg: ModelConfig, params: Params, tokens, *, segment_ids=None, positions=None,
+            adapters=None, lora_cfg=None, dropout_rng=None, activation_sharding=None):
+  """Logits float32 [B,T,V] for int32 tokens [B,T].
+
+  segment_ids [B,T]: tokens attend only within their own segment (packed rows); 0 marks padding,
+    which attends and is attended by nothing. Default: one segment per row.
+  positions [B,T]: RoPE positions (restart per packed segment). Default: 0..T-1.
+  adapters, lora_cfg: a LoRA tree from `lora.init` and its LoraConfig; applied on the fly.
+  """
+  x = forward_hidden(cfg, params, tokens, segment_ids=segment_ids, positions=positions, adapters=adapters,
+                     lora_cfg=lora_cfg, dropout_rng=dropout_rng, activation_sharding=activation_sharding)
+  return logits_from_hidden(cfg, params, x)
+
+
+def init_cache(cfg: ModelConfig, batch: int, slots: int) -> dict:
+  """Empty KV cache: keys/values [L,B,S,K,E] in the compute dtype, segment ids [B,S] (0 = empty)."""
+  shape = (cfg.n_layers, batch, slots, cfg.n_kv_heads, cfg.head_dim)
+  return {"k": jnp.zeros(shape, _dtype(cfg.dtype)), "v": jnp.zeros(shape, _dtype(cfg.dtype)),
+          "segment_ids": jnp.zeros((batch, slots), jnp.int32)}
