@@ -46,6 +46,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.tensor = 1  # tensor-parallel axis size (shards heads and MLP hidden)
 
   c.train = ml_collections.ConfigDict()
+  c.train.stage = "train"  # stage name of `train`: writes WORKDIR/<stage>/
+  c.train.mode = "lora"  # lora (adapters only) | full (all weights: pretraining a small base)
   c.train.num_steps = 100  # optimizer steps of the stage
   c.train.batch_size = 8  # global batch in packed rows per optimizer step
   c.train.grad_accum = 1  # micro-batches per step (batch_size must divide by it)

@@ -257,3 +257,34 @@ def save_hf(out_dir: str | os.PathLike, cfg: ModelConfig, params: Params, *, ada
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out_dir
+
+
+# ----------------------------------------------------------------------------- PEFT adapters
+def save_peft(out_dir: str | os.PathLike, cfg: ModelConfig, adapters: Params, lcfg,
+              base_model_name_or_path: str | None = None) -> Path:
+  """adapter_config.json + adapter_model.safetensors that `peft.PeftModel.from_pretrained` loads."""
+  out_dir = Path(out_dir)
+  config = {
+      "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lcfg.rank, "lora_alpha": lcfg.alpha,
+      "target_modules": sorted(lcfg.targets), "lora_dropout": lcfg.dropout, "use_rslora": lcfg.rslora,
+      "bias": "none", "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
+      "modules_to_save": None, "layers_to_transform": None, "base_model_name_or_path": base_model_name_or_path,
+  }
+  tensors = {}
+  for group, projs in adapters["layers"].items():
+    for name, ad in projs.items():
+      a = np.asarray(jax.device_get(ad["a"]), np.float32)  # [L, D_in, R]
+      b = np.asarray(jax.device_get(ad["b"]), np.float32)  # [L, R, D_out]
+      for i in range(cfg.n_layers):
+        prefix = f"base_model.model.model.layers.{i}.{group}.{name}"
+        tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(a[i].T)  # PEFT: A [R, D_in], B [D_out, R]
+        tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b[i].T)
+  tmp = _atomic_dir(out_dir)
+  try:
+    save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    _publish(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out_dir

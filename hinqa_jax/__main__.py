@@ -1,0 +1,61 @@
+"""Command line: `python -m hinqa_jax COMMAND --config=configs/x.py --workdir=runs/x [--config.key=value]`.
+
+Commands: run (the whole pipeline of the config), prepare, train, evaluate, export, convert, plan.
+Only flag parsing lives here; each command is one library call a notebook can make too.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+COMMANDS = ("run", "prepare", "train", "evaluate", "export", "convert", "plan")
+
+config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", lock_config=True)
+flags.DEFINE_string("workdir", None, "directory for everything the run writes")
+flags.DEFINE_string("hf_dir", None, "convert: a HF LLaMA directory to import; export: output dir override")
+flags.DEFINE_string("stage", None, "evaluate/export: which stage's adapters (default: the config's last)")
+flags.DEFINE_integer("devices", None, "plan: number of devices to plan for (fake CPU devices are made)")
+flags.DEFINE_string("device_memory", None, "plan: device to check the fit against, e.g. h100, a100_40g, v5e, v5p")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"usage: python -m hinqa_jax {{{'|'.join(COMMANDS)}}} --config=... --workdir=...")
+  command, config = argv[1], FLAGS.config
+  if config is None:
+    raise app.UsageError("--config is required")
+  if command == "plan":
+    from hinqa_jax import plan
+    print(plan.report(plan.plan(config, devices=FLAGS.devices), FLAGS.device_memory))
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required")
+  from hinqa_jax import distributed, pipeline
+  distributed.initialize()
+  if command == "run":
+    result = pipeline.run(config, FLAGS.workdir)
+  elif command == "prepare":
+    result = pipeline.prepare(config, FLAGS.workdir)
+  elif command == "train":
+    result = pipeline.train(config, FLAGS.workdir)
+  elif command == "evaluate":
+    result = pipeline.evaluate(config, FLAGS.workdir, stage=FLAGS.stage)
+  elif command == "export":
+    result = pipeline.export(config, FLAGS.workdir, stage=FLAGS.stage, out_dir=FLAGS.hf_dir)
+  else:
+    result = pipeline.convert(config, FLAGS.workdir, hf_dir=FLAGS.hf_dir)
+  if result is not None:
+    print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+
+
+if __name__ == "__main__":
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save at INFO through absl
+  app.run(main)

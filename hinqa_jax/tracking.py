@@ -1,0 +1,51 @@
+"""Training metrics to WORKDIR/<stage>/metrics.jsonl (one JSON object per logged step) and TensorBoard."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class MetricsWriter:
+  """Appends {"step": n, ...} lines; on resume at step k, first drops lines after k (an interrupted run's)."""
+
+  def __init__(self, stage_dir: str | os.PathLike, resume_step: int = 0, enabled: bool = True):
+    self.path = Path(stage_dir) / "metrics.jsonl"
+    self.enabled = enabled
+    self._tb = None
+    if not enabled:
+      return
+    if self.path.exists():
+      kept = [line for line in self.path.read_text().splitlines()
+              if line.strip() and json.loads(line)["step"] <= resume_step]
+      tmp = self.path.with_suffix(".jsonl.tmp")
+      tmp.write_text("".join(line + "\n" for line in kept))
+      os.replace(tmp, self.path)
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(str(Path(stage_dir) / "tb"))
+    except ImportError:  # TensorBoard files are a convenience; metrics.jsonl is the record
+      self._tb = None
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in metrics.items()}}) + "\n")
+      f.flush()
+    if self._tb is not None:
+      for k, v in metrics.items():
+        self._tb.add_scalar(f"train/{k}", float(v), step)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+      self._tb.close()
+      self._tb = None
+
+
+def read_metrics(stage_dir: str | os.PathLike) -> list[dict]:
+  path = Path(stage_dir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,295 @@
+"""One training stage on a device mesh: LoRA adapters (or, to pretrain a small base, all weights).
+
+Reads top to bottom: mesh, data, model shapes, shardings, init or restore, jitted step, loop.
+
+Resume order (all a pure function of the workdir and the config): the stage's latest Orbax checkpoint
+gives the step k, the trainable tree and the optimizer state; data batches and dropout keys are pure
+functions of (seed, step), so steps k+1.. are exactly those of an uninterrupted run; metrics.jsonl
+lines after step k (written by the interrupted run after its last checkpoint) are dropped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from hinqa_jax import checkpoint, hf, lora, model, sharding
+from hinqa_jax.tracking import MetricsWriter
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- model and optimizer from config
+def model_config(config, vocab_size: int | None = None) -> model.ModelConfig:
+  """The ModelConfig of a run: an HF directory's config.json, or a preset (vocab from the tokenizer)."""
+  m = config.model
+  over = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat": m.remat}
+  if m.hf_path:
+    return hf.read_config(m.hf_path, m.param_dtype).replace(**over)
+  vocab = m.vocab_size or vocab_size
+  if vocab:
+    over["vocab_size"] = int(vocab)
+  return model.ModelConfig.preset(m.preset, **over)
+
+
+def lora_config(config) -> lora.LoraConfig:
+  c = config.lora
+  return lora.LoraConfig(rank=c.rank, alpha=c.alpha, targets=tuple(c.targets), dropout=c.dropout, rslora=c.rslora)
+
+
+def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with linear warm-up and cosine decay, after global-norm clipping."""
+  decay_steps = max(t.num_steps, t.warmup_steps + 1)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps, decay_steps,
+                                                end_value=t.learning_rate * t.min_lr_ratio)
+  return optax.chain(optax.clip_by_global_norm(t.clip_norm),
+                     optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=t.weight_decay)), schedule
+
+
+def load_base(config, cfg: model.ModelConfig, mesh) -> model.Params:
+  """Frozen base weights, created or read already sharded (each device gets only its shard)."""
+  if config.model.hf_path:
+    def put(path, host):
+      s = NamedSharding(mesh, sharding.param_spec(path, host.shape, mesh))
+      return jax.make_array_from_callback(host.shape, s, lambda idx: host[idx])
+    return hf.load_hf(config.model.hf_path, param_dtype=cfg.param_dtype, put=put)[1]
+  abstract = jax.eval_shape(model.init, cfg, jax.random.key(0))
+  shardings = sharding.tree_shardings(abstract, mesh)
+  return jax.jit(model.init, static_argnums=0, out_shardings=shardings)(cfg, jax.random.key(config.seed))
+
+
+# ----------------------------------------------------------------------------- the step
+def loss_sums(trainable, frozen, batch, rng, *, cfg, lcfg, mode, act_sharding=None):
+  """(sum of next-token NLL over loss-masked targets, number of such targets)."""
+  params, adapters = (frozen, trainable) if mode == "lora" else (trainable, None)
+  seg = batch["segment_ids"]
+  logits = model.forward(cfg, params, batch["tokens"], segment_ids=seg, positions=batch["positions"],
+                         adapters=adapters, lora_cfg=lcfg if mode == "lora" else None,
+                         dropout_rng=rng if (mode == "lora" and lcfg.dropout) else None,
+                         activation_sharding=act_sharding)
+  # Position t predicts token t+1, only inside one segment and only where token t+1 is an answer token.
+  weights = (batch["loss_mask"][:, 1:] > 0) & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], batch["tokens"][:, 1:])
+  w = weights.astype(jnp.float32)
+  return jnp.sum(nll * w), jnp.sum(w)
+
+
+def make_step(cfg, lcfg, mode: str, optimizer, schedule, grad_accum: int, seed: int, mesh=None):
+  """The pure train step (state, frozen, batch) -> (state, metrics); jit it with shardings and donation."""
+  act = sharding.activation_sharding(mesh) if mesh is not None else None
+  micro_spec = NamedSharding(mesh, P(None, sharding.BATCH_AXES, None)) if mesh is not None else None
+
+  def step(state, frozen, batch):
+    base_rng = jax.random.fold_in(jax.random.key(seed), state["step"])
+
+    def split(x):  # [B, T] -> [A, B/A, T]; row r goes to micro-batch r % A, so each stays spread over devices
+      x = jnp.swapaxes(x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]), 0, 1)
+      return x if micro_spec is None else jax.lax.with_sharding_constraint(x, micro_spec)
+
+    micro = jax.tree.map(split, batch)
+    grad_fn = jax.value_and_grad(lambda t, mb, r: loss_sums(t, frozen, mb, r, cfg=cfg, lcfg=lcfg, mode=mode,
+                                                            act_sharding=act), has_aux=True)
+
+    def accumulate(carry, xs):
+      g_acc, l_acc, n_acc = carry
+      mb, i = xs
+      (l, n), g = grad_fn(state["trainable"], mb, jax.random.fold_in(base_rng, i))
+      return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, n_acc + n), None
+
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), state["trainable"])
+    (g, loss_sum, n), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0), jnp.float32(0)),
+                                       (micro, jnp.arange(grad_accum)))
+    denom = jnp.maximum(n, 1.0)  # token-weighted mean over the whole global batch, however it is split
+    grads = jax.tree.map(lambda x, p: (x / denom).astype(p.dtype), g, state["trainable"])
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
+    trainable = optax.apply_updates(state["trainable"], updates)
+    metrics = {"loss": loss_sum / denom, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"]),
+               "loss_tokens": n, "tokens": jnp.sum(batch["segment_ids"] > 0)}
+    return {"step": state["step"] + 1, "trainable": trainable, "opt_state": opt_state}, metrics
+
+  return step
+
+
+def state_shardings(abstract_state, mesh):
+  return {"step": sharding.replicated(mesh), "trainable": sharding.tree_shardings(abstract_state["trainable"], mesh),
+          "opt_state": sharding.tree_shardings(abstract_state["opt_state"], mesh)}
+
+
+def batch_spec(config, cfg_seq_len: int):
+  t = config.train
+  return {k: jax.ShapeDtypeStruct((t.batch_size, cfg_seq_len), jnp.int32)
+          for k in ("tokens", "segment_ids", "positions", "loss_mask")}
+
+
+def check_batch(config, mesh) -> None:
+  """A batch that does not split evenly over micro-batches, devices and processes: an error before any step."""
+  t = config.train
+  div = sharding.batch_divisor(mesh)
+  if t.batch_size % t.grad_accum:
+    raise ValueError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
+  micro = t.batch_size // t.grad_accum
+  if micro % div:
+    raise ValueError(f"micro-batch of {micro} rows (train.batch_size / train.grad_accum) does not divide over the "
+                     f"{div} devices of mesh axes (data, fsdp) = ({mesh.shape['data']}, {mesh.shape['fsdp']})")
+  if t.batch_size % jax.process_count():
+    raise ValueError(f"train.batch_size={t.batch_size} does not divide over {jax.process_count()} processes")
+
+
+def meta_of(config, cfg, lcfg, mode: str) -> dict:
+  shape = {k: getattr(cfg, k) for k in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "head_dim")}
+  meta = {"model": shape, "mode": mode}
+  if mode == "lora":
+    meta["lora"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(lcfg).items()}
+  return meta
+
+
+# ----------------------------------------------------------------------------- the stage
+class _Preempted:
+  """SIGTERM sets a flag; the loop saves a checkpoint at the next step boundary and exits."""
+
+  def __init__(self):
+    self.flag = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no preemption handling
+      self._old = None
+    return self
+
+  def _handle(self, *_):
+    self.flag = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+  def any_process(self) -> bool:
+    if jax.process_count() == 1:
+      return self.flag
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.flag))))
+
+
+def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_from: str | None = None,
+              mode: str = "lora", mesh=None, vocab_size: int | None = None, progress: bool = True) -> dict:
+  """Train `config.train.num_steps` steps of one stage; resumes from WORKDIR/<stage>/checkpoints if present.
+
+  dataset: a packing.PackedDataset (rows of config.data.seq_len tokens).
+  init_from: another stage's checkpoint dir whose trainable tree starts this stage (M2 from M1).
+  """
+  t = config.train
+  stage_dir = Path(workdir) / stage
+  stage_dir.mkdir(parents=True, exist_ok=True)
+  mesh = mesh or sharding.make_mesh(dict(config.mesh))
+  check_batch(config, mesh)
+  cfg = model_config(config, vocab_size)
+  lcfg = lora_config(config)
+  optimizer, schedule = make_optimizer(t)
+  meta = meta_of(config, cfg, lcfg, mode)
+
+  # Shapes and shardings first, nothing allocated; then everything is created already sharded.
+  frozen = load_base(config, cfg, mesh)
+  if mode == "lora":
+    init_trainable = lambda k: lora.init(cfg, lcfg, k)
+    frozen_arg = frozen
+  else:
+    init_trainable = lambda k: frozen  # full training starts from the base weights
+    frozen_arg = None
+  abstract = jax.eval_shape(lambda k: (lambda tr: {"step": jnp.int32(0), "trainable": tr,
+                                                   "opt_state": optimizer.init(tr)})(init_trainable(k)),
+                            jax.random.key(0))
+  shardings = state_shardings(abstract, mesh)
+  init_state = jax.jit(lambda k: (lambda tr: {"step": jnp.int32(0), "trainable": tr,
+                                              "opt_state": optimizer.init(tr)})(init_trainable(k)),
+                       out_shardings=shardings)
+  mngr = checkpoint.manager(stage_dir / "checkpoints", keep=config.checkpoint.keep)
+  if mngr.latest_step() is not None:
+    checkpoint.check_compatible(checkpoint.read_meta(mngr), meta, str(mngr.directory))
+    state, _ = checkpoint.restore(mngr, sharding.like_tree(abstract, shardings))
+    log.info("%s: resumed at step %d", stage, int(state["step"]))
+  else:
+    state = init_state(jax.random.fold_in(jax.random.key(config.seed), 1))
+    if init_from:
+      prev, _ = checkpoint.restore_subtree(init_from, "trainable", sharding.like_tree(abstract["trainable"],
+                                           shardings["trainable"]), expected_meta=meta)
+      state["trainable"] = prev
+      if not t.reset_optimizer:
+        state["opt_state"] = checkpoint.restore_subtree(init_from, "opt_state", sharding.like_tree(
+            abstract["opt_state"], shardings["opt_state"]))[0]
+  start = int(state["step"])
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  specs = batch_spec(config, dataset.seq_len)
+  step_fn = jax.jit(make_step(cfg, lcfg, mode, optimizer, schedule, t.grad_accum, config.seed, mesh),
+                    in_shardings=(shardings, None if frozen_arg is None else sharding.tree_shardings(frozen, mesh),
+                                  {k: batch_sharding for k in specs}),
+                    out_shardings=(shardings, None), donate_argnums=(0,))
+
+  def global_batch(step: int) -> dict:
+    local = dataset.get_batch(step, t.batch_size, config.seed, jax.process_index(), jax.process_count())
+    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k], np.int32))
+            for k in specs}
+
+  writer = MetricsWriter(stage_dir, resume_step=start, enabled=jax.process_index() == 0)
+  from tqdm import tqdm
+  bar = tqdm(total=t.num_steps, initial=start, desc=stage, disable=not progress or jax.process_index() != 0)
+  last = {}
+  pending = None
+  tick = time.perf_counter()
+
+  def flush():
+    nonlocal pending, tick, last
+    if pending is None:
+      return
+    n, m = pending
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    if not np.isfinite(m["loss"]):
+      raise FloatingPointError(f"{stage}: loss is {m['loss']} at step {n} (grad norm {m['grad_norm']}); "
+                               f"lower train.learning_rate or check the data (loss-masked tokens: {m['loss_tokens']:.0f})")
+    now = time.perf_counter()
+    m["tokens_per_s"] = m.pop("tokens") / max(now - tick, 1e-9)
+    tick = now
+    if n % t.log_every == 0 or n == t.num_steps:
+      writer.write(n, m)
+    bar.update(1)
+    bar.set_postfix(loss=f"{m['loss']:.4f}")
+    last, pending = {"step": n, **m}, None
+
+  with _Preempted() as preempt:
+    for step in range(start, t.num_steps):
+      state, metrics = step_fn(state, frozen_arg, global_batch(step))  # dispatch step N ...
+      flush()  # ... before reading step N-1's metrics
+      pending = (step + 1, metrics)
+      n = step + 1
+      stop = preempt.any_process()
+      if n % config.checkpoint.every_steps == 0 or n == t.num_steps or stop:
+        flush()
+        checkpoint.save(mngr, n, state, meta)
+        tick = time.perf_counter()  # the save's time is not the next step's
+      if stop:
+        bar.close()
+        writer.close()
+        log.warning("%s: SIGTERM, checkpoint saved at step %d, exiting", stage, n)
+        raise SystemExit(143)
+    flush()
+  bar.close()
+  writer.close()
+  if mngr.latest_step() != t.num_steps:  # e.g. a resumed run that was already complete
+    checkpoint.save(mngr, t.num_steps, state, meta)
+  summary = {"stage": stage, "steps": t.num_steps, "final": last, "checkpoints": str(mngr.directory)}
+  if jax.process_index() == 0:
+    (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+  return {**summary, "state": state, "frozen": frozen, "cfg": cfg, "lcfg": lcfg}
