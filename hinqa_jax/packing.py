@@ -1,0 +1,224 @@
+"""Examples packed into fixed-length rows, written as .npy shards + manifest, read back in batches.
+
+A row holds several examples; segment_ids number them 1, 2, 3... (0 = padding) and positions
+restart at 0 for each, so attention can be kept inside a segment. Padding is known only from
+segment id 0, never from the pad token's id (id 0 is an ordinary LLaMA-3 token).
+
+Batch order is a pure function of (seed, step): resuming needs only the step.
+"""
+from __future__ import annotations
+
+import bisect
+import collections
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hinqa_jax import data
+from hinqa_jax.tokenizer import REPO_ROOT, load_tokenizer, tokenizer_hash
+
+KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
+
+
+def pack_examples(examples: list[data.Example], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+  """Best-fit decreasing packing into rows of seq_len: int32 arrays [N, seq_len] under KEYS."""
+  for ex in examples:
+    if len(ex.tokens) > seq_len:
+      raise ValueError(f"record {ex.id!r}: {len(ex.tokens)} tokens do not fit seq_len {seq_len}")
+  # Longest first, ties in input order, so the same examples always give the same rows.
+  order = sorted(range(len(examples)), key=lambda i: (-len(examples[i].tokens), i))
+  rows: list[list[int]] = []
+  free: list[tuple[int, int]] = []  # sorted (space left, row index)
+  for i in order:
+    n = len(examples[i].tokens)
+    j = bisect.bisect_left(free, (n, -1))  # the fullest row that still has room
+    if j < len(free):
+      space, r = free.pop(j)
+    else:
+      space, r = seq_len, len(rows)
+      rows.append([])
+    rows[r].append(i)
+    if space - n > 0:
+      bisect.insort(free, (space - n, r))
+  out = {k: np.zeros((len(rows), seq_len), np.int32) for k in KEYS}
+  out["tokens"][:] = pad_id
+  for r, members in enumerate(rows):
+    at = 0
+    for seg, i in enumerate(members, 1):
+      ex = examples[i]
+      n = len(ex.tokens)
+      out["tokens"][r, at:at + n] = ex.tokens
+      out["segment_ids"][r, at:at + n] = seg
+      out["positions"][r, at:at + n] = np.arange(n)
+      out["loss_mask"][r, at:at + n] = ex.loss_mask
+      at += n
+  return out
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+  """Config paths are relative to the working directory, else to the repo root."""
+  path = Path(path)
+  if path.exists() or path.is_absolute() or not (REPO_ROOT / path).exists():
+    return path
+  return REPO_ROOT / path
+
+
+def _sha256(path: Path) -> str:
+  if path.is_dir():
+    return ""
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _as_tuple(value: Any) -> tuple:
+  if not value:
+    return ()
+  return (value,) if isinstance(value, (str, os.PathLike)) else tuple(value)
+
+
+def prepare(config: Any, out_dir: str | os.PathLike, rows_per_shard: int = 1024) -> dict:
+  """config.data.train + config.data.synthetic -> packed .npy shards + manifest.json in out_dir.
+
+  Everything is read and checked before anything is written; out_dir appears whole or not at
+  all. With config.data.strict a bad record stops the run, else it is skipped and listed in the
+  manifest. Returns the manifest.
+  """
+  tok = load_tokenizer(_resolve(config.tokenizer.path))
+  template = data.resolve_template(tok, config.data.template)
+  seq_len = int(config.data.seq_len)
+  files = [_resolve(p) for p in _as_tuple(config.data.train) + _as_tuple(config.data.synthetic)]
+  if not files:
+    raise ValueError("prepare: config.data.train and config.data.synthetic name no file")
+  records, problems, inputs = [], [], []
+  for path in files:
+    recs, probs = data.read_records_report(path)
+    records += [(path, r) for r in recs]
+    problems += probs
+    inputs.append({"path": str(path), "sha256": _sha256(path), "records": len(recs),
+                   "skipped": len(probs)})
+  examples = []
+  for path, rec in records:
+    try:
+      examples.append(data.build_example(tok, rec, template, seq_len))
+    except ValueError as e:  # e.g. question + answer alone longer than seq_len
+      problems.append(data.Problem(str(path), "example", rec.id, str(e)))
+  if problems and config.data.strict:
+    raise ValueError("prepare: bad records (config.data.strict is set):\n"
+                     + "\n".join(f"  {p.file}: {p}" for p in problems))
+  if not examples:
+    raise ValueError(f"prepare: no usable record in {[str(f) for f in files]}:\n"
+                     + "\n".join(f"  {p.file}: {p}" for p in problems[:20]))
+
+  pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+  arrays = pack_examples(examples, seq_len, pad_id)
+  n_rows = len(arrays["tokens"])
+  lengths = np.array([len(ex.tokens) for ex in examples])
+  truncated = [ex for ex in examples if ex.context_tokens_dropped > 0]
+  shards = []
+  out_dir = Path(out_dir)
+  tmp = out_dir.with_name(out_dir.name + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  for s, start in enumerate(range(0, n_rows, rows_per_shard)):
+    names = {k: f"{k}-{s:05d}.npy" for k in KEYS}
+    for k in KEYS:
+      np.save(tmp / names[k], arrays[k][start:start + rows_per_shard])
+    shards.append({"rows": min(rows_per_shard, n_rows - start), "files": names})
+  manifest = {
+      "format": 1, "tokenizer_path": str(config.tokenizer.path), "tokenizer_hash": tokenizer_hash(tok),
+      "vocab_size": len(tok), "pad_id": int(pad_id), "seq_len": seq_len, "template": template,
+      "num_examples": len(examples), "num_rows": n_rows, "num_shards": len(shards),
+      "rows_per_shard": rows_per_shard, "shards": shards,
+      "packing_efficiency": float(lengths.sum() / (n_rows * seq_len)),
+      "loss_tokens": int(arrays["loss_mask"].sum()),
+      "tokens_per_example": {"mean": float(lengths.mean()), "max": int(lengths.max()),
+                             "min": int(lengths.min())},
+      "truncated_examples": len(truncated),
+      "context_tokens_dropped": int(sum(ex.context_tokens_dropped for ex in truncated)),
+      "truncated_ids": [ex.id for ex in truncated],
+      "skipped": [{"file": p.file, "where": p.where, "id": p.record_id, "reason": p.reason}
+                  for p in problems],
+      "source_counts": dict(sorted(collections.Counter(ex.source for ex in examples).items())),
+      "inputs": inputs,
+  }
+  (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
+                                     encoding="utf-8")
+  old = out_dir.with_name(out_dir.name + ".old")
+  if out_dir.exists():
+    shutil.rmtree(old, ignore_errors=True)
+    out_dir.rename(old)
+  tmp.rename(out_dir)
+  shutil.rmtree(old, ignore_errors=True)
+  print(f"prepare: {len(examples)} examples from {len(files)} file(s) -> {n_rows} rows x {seq_len} "
+        f"in {len(shards)} shard(s) at {out_dir}")
+  print(f"prepare: packing efficiency {manifest['packing_efficiency']:.1%}, tokens/example "
+        f"mean {lengths.mean():.1f} max {lengths.max()}, loss tokens {manifest['loss_tokens']}, "
+        f"template {template}")
+  print(f"prepare: {len(truncated)} context(s) truncated ({manifest['context_tokens_dropped']} "
+        f"tokens dropped), {len(problems)} record(s) skipped, sources {manifest['source_counts']}")
+  return manifest
+
+
+class PackedDataset:
+  """Packed shards written by `prepare`, memory-mapped; batches are a pure function of the step."""
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = Path(path)
+    manifest_path = self.path / "manifest.json"
+    if not manifest_path.exists():
+      raise ValueError(f"{self.path}: no manifest.json (not a prepared data directory)")
+    self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    self.seq_len = int(self.manifest["seq_len"])
+    self._arrays = {k: [np.load(self.path / s["files"][k], mmap_mode="r")
+                        for s in self.manifest["shards"]] for k in KEYS}
+    sizes = [len(a) for a in self._arrays["tokens"]]
+    self._starts = np.cumsum([0] + sizes)
+    self.num_rows = int(self._starts[-1])
+    if self.num_rows != self.manifest["num_rows"]:
+      raise ValueError(f"{self.path}: shards hold {self.num_rows} rows, the manifest says "
+                       f"{self.manifest['num_rows']}")
+    self._perms: dict[tuple[int, int], np.ndarray] = {}
+
+  def _perm(self, seed: int, epoch: int) -> np.ndarray:
+    key = (seed, epoch)
+    if key not in self._perms:
+      if len(self._perms) >= 4:  # a batch touches at most a few epochs; keep memory flat
+        self._perms.pop(next(iter(self._perms)))
+      self._perms[key] = np.random.default_rng([seed, epoch]).permutation(self.num_rows)
+    return self._perms[key]
+
+  def row_indices(self, step: int, batch_size: int, seed: int, process_index: int = 0,
+                  process_count: int = 1) -> np.ndarray:
+    """Global row ids of this process's slice of the global batch at step."""
+    if batch_size % process_count:
+      raise ValueError(f"batch_size {batch_size} does not divide by process_count {process_count}")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    local = batch_size // process_count
+    flat = step * batch_size + process_index * local + np.arange(local, dtype=np.int64)
+    epochs, offsets = flat // self.num_rows, flat % self.num_rows
+    rows = np.empty(local, np.int64)
+    for e in np.unique(epochs):  # a batch crossing an epoch's end takes the next permutation
+      sel = epochs == e
+      rows[sel] = self._perm(seed, int(e))[offsets[sel]]
+    return rows
+
+  def read_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The given global rows, read from the memory-mapped shards only."""
+    shard = np.searchsorted(self._starts, rows, side="right") - 1
+    out = {k: np.empty((len(rows), self.seq_len), np.int32) for k in KEYS}
+    for s in np.unique(shard):
+      sel = shard == s
+      local = rows[sel] - self._starts[s]
+      for k in KEYS:
+        out[k][sel] = self._arrays[k][s][local]
+    return out
+
+  def get_batch(self, step: int, batch_size: int, seed: int, process_index: int = 0,
+                process_count: int = 1) -> dict[str, np.ndarray]:
+    """This process's [batch_size // process_count, seq_len] slice of the global batch at step."""
+    return self.read_rows(self.row_indices(step, batch_size, seed, process_index, process_count))
