@@ -31,7 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.test2 = "data/vatika_mini/test2.json"  # held-out test (unseen contexts and places)
   c.data.seq_len = 512  # packed row length in tokens
   c.data.template = "auto"  # auto (chat if the tokenizer has a template) | chat | plain
-  c.data.strict = False  # stop on the first bad record instead of skipping and reporting
+  c.data.strict = False  # stop on bad records (all reported at once) instead of skipping and listing them
 
   c.lora = ml_collections.ConfigDict()
   c.lora.rank = 16  # adapter rank r
@@ -62,6 +62,27 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 50  # save period (a save also happens at the end and on SIGTERM)
   c.checkpoint.keep = 2  # checkpoints kept per stage
+
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.steps = 0  # > 0: first train the base from scratch (all weights) on the training text (CPU demo)
+  c.pretrain.learning_rate = 3e-3  # peak learning rate of that pretraining
+  c.pretrain.batch_size = 16  # rows per pretraining step
+
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.source = "files"  # files: data.synthetic as given | teachers: train small teachers, synthesize, curate
+  c.synthetic.teachers = ("teacher_a", "teacher_b")  # teachers trained from the base (source=teachers)
+  c.synthetic.teacher_steps = 150  # full fine-tuning steps of each small teacher
+  c.synthetic.teacher_seq_len = 1024  # row length of the teacher task (prompt + JSON list of pairs)
+  c.synthetic.samples_per_context = 4  # teacher-task targets per training context (different pair subsets)
+  c.synthetic.temperature = 0.9  # teachers' sampling temperature when synthesizing
+  c.synthetic.max_tokens = 384  # teachers' generation budget per prompt
+
+  c.run = ml_collections.ConfigDict()
+  c.run.experiments = ("m1", "m2", "m3")  # m1 original | m2 original then synthetic | m3 mixed
+  c.run.per_teacher = False  # also M2 on each teacher's synthetic data alone (m2_<teacher>)
+  c.run.ratios = ()  # also M2 on this fraction of the synthetic data, e.g. (0.1, 0.25, 0.5, 1.0) (m2_r<pct>)
+  c.run.stage2_steps = 0  # steps of M2's synthetic stage; 0 = train.num_steps
+  c.run.export = "m2"  # experiment whose adapters are exported (merged HF + PEFT); "" = none
 
   c.eval = ml_collections.ConfigDict()
   c.eval.max_new_tokens = 64  # generation budget per answer

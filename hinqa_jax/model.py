@@ -83,6 +83,9 @@ PRESETS = {
                         max_seq_len=2048, rope_original_max_pos=256, tie_embeddings=True),
     "small": ModelConfig(vocab_size=4096, dim=256, n_layers=4, n_heads=8, n_kv_heads=2, ffn_dim=768,
                          max_seq_len=2048, rope_original_max_pos=1024, tie_embeddings=True),
+    # The CPU demo's model, pretrained from scratch in a few minutes (about 1.5M parameters at vocab 4096).
+    "demo": ModelConfig(vocab_size=4096, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384,
+                        max_seq_len=2048, rope_original_max_pos=512, tie_embeddings=True),
     # About 30M parameters: the benchmark model.
     "bench30m": ModelConfig(vocab_size=32000, dim=384, n_layers=8, n_heads=6, n_kv_heads=2, ffn_dim=1024,
                             max_seq_len=2048, rope_original_max_pos=1024, tie_embeddings=False),

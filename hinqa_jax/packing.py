@@ -113,6 +113,18 @@ def prepare(config: Any, out_dir: str | os.PathLike, rows_per_shard: int = 1024)
     raise ValueError(f"prepare: no usable record in {[str(f) for f in files]}:\n"
                      + "\n".join(f"  {p.file}: {p}" for p in problems[:20]))
 
+  return write_packed(examples, out_dir, tok, seq_len, template, problems=problems, inputs=inputs,
+                      tokenizer_path=str(config.tokenizer.path), rows_per_shard=rows_per_shard)
+
+
+def write_packed(examples: list[data.Example], out_dir: str | os.PathLike, tok: Any, seq_len: int, template: str,
+                 *, problems: list | None = None, inputs: list | None = None, tokenizer_path: str = "",
+                 rows_per_shard: int = 1024) -> dict:
+  """Pack examples and write shards + manifest.json; out_dir appears whole or not at all.
+
+  Also the way in for examples not built from QA records (a pretraining corpus, a teacher task).
+  """
+  problems, inputs = problems or [], inputs or []
   pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
   arrays = pack_examples(examples, seq_len, pad_id)
   n_rows = len(arrays["tokens"])
@@ -129,7 +141,7 @@ def prepare(config: Any, out_dir: str | os.PathLike, rows_per_shard: int = 1024)
       np.save(tmp / names[k], arrays[k][start:start + rows_per_shard])
     shards.append({"rows": min(rows_per_shard, n_rows - start), "files": names})
   manifest = {
-      "format": 1, "tokenizer_path": str(config.tokenizer.path), "tokenizer_hash": tokenizer_hash(tok),
+      "format": 1, "tokenizer_path": tokenizer_path, "tokenizer_hash": tokenizer_hash(tok),
       "vocab_size": len(tok), "pad_id": int(pad_id), "seq_len": seq_len, "template": template,
       "num_examples": len(examples), "num_rows": n_rows, "num_shards": len(shards),
       "rows_per_shard": rows_per_shard, "shards": shards,
@@ -153,7 +165,7 @@ def prepare(config: Any, out_dir: str | os.PathLike, rows_per_shard: int = 1024)
     out_dir.rename(old)
   tmp.rename(out_dir)
   shutil.rmtree(old, ignore_errors=True)
-  print(f"prepare: {len(examples)} examples from {len(files)} file(s) -> {n_rows} rows x {seq_len} "
+  print(f"prepare: {len(examples)} examples from {len(inputs)} file(s) -> {n_rows} rows x {seq_len} "
         f"in {len(shards)} shard(s) at {out_dir}")
   print(f"prepare: packing efficiency {manifest['packing_efficiency']:.1%}, tokens/example "
         f"mean {lengths.mean():.1f} max {lengths.max()}, loss tokens {manifest['loss_tokens']}, "

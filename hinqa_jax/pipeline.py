@@ -71,3 +71,314 @@ def train(config, workdir: str | os.PathLike, *, stage: str | None = None, files
   out = train_lib.run_stage(config, workdir, stage or config.train.stage, dataset, init_from=init_from,
                             mode=mode or config.train.mode, vocab_size=vocab, progress=progress)
   return {k: v for k, v in out.items() if k in ("stage", "steps", "final", "checkpoints")}
+
+
+# ----------------------------------------------------------------------------- stage caching
+def _stage_key(config, extra: dict) -> str:
+  """What a trained stage depends on: model, LoRA, training settings, data layout, seed, plus extra."""
+  plain = _to_plain(config)
+  return _hash({k: plain.get(k) for k in ("model", "lora", "train", "seed", "pretrain")} |
+               {"data": {k: plain["data"][k] for k in ("seq_len", "template")}} | extra)
+
+
+def _cached(stage_dir: Path, key: str, fn) -> dict:
+  """fn() once per key: a finished stage with the same key is skipped, a changed key re-runs from scratch,
+  an unfinished stage with the same key resumes (its checkpoints are kept)."""
+  done, started = stage_dir / "stage.json", stage_dir / "stage_key"
+  if done.exists() and json.loads(done.read_text())["key"] == key:
+    log.info("%s: up to date, skipped", stage_dir.name)
+    return json.loads(done.read_text())["result"]
+  if started.exists() and started.read_text() != key:
+    import shutil
+    log.info("%s: config changed, re-running", stage_dir.name)
+    shutil.rmtree(stage_dir)
+  stage_dir.mkdir(parents=True, exist_ok=True)
+  started.write_text(key)
+  result = fn()
+  if jax.process_index() == 0:
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "result": result}, indent=2, default=str))
+    os.replace(tmp, done)
+  return result
+
+
+def _with(config, **overrides):
+  """A copy of config with dotted keys overridden (the original stays as it is)."""
+  import copy
+  c = copy.deepcopy(config)
+  for dotted, value in overrides.items():
+    node = c
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+# ----------------------------------------------------------------------------- the pieces of `run`
+def _tokenizer(config, workdir: Path) -> str:
+  if config.tokenizer.path:
+    return str(config.tokenizer.path)
+  from hinqa_jax import tokenizer
+  out = workdir / "tokenizer"
+  if not (out / "tokenizer.json").exists():
+    tokenizer.build_bundled_tokenizer(train_path=config.data.train[0], out_dir=out)
+  return str(out)
+
+
+def _full_stage(config, workdir: Path, name: str, examples_fn, seq_len: int, steps: int, seed: int) -> str:
+  """Train all weights on custom examples (base pretraining, a teacher) and export them as a HF dir."""
+  from hinqa_jax import bootstrap, packing, train as train_lib
+  c = _with(config, **{"train.num_steps": steps, "data.seq_len": seq_len, "seed": seed,
+                       "train.learning_rate": config.pretrain.learning_rate,
+                       "train.batch_size": config.pretrain.batch_size, "train.warmup_steps": max(steps // 20, 1),
+                       "train.mode": "full"})
+  hf_dir = workdir / name / "hf"
+
+  def go():
+    data_dir = bootstrap.write_examples(examples_fn(), workdir / "data" / f"{name}-{_hash(seq_len)}",
+                                        c.tokenizer.path, seq_len)
+    from hinqa_jax.tokenizer import load_tokenizer
+    vocab = len(load_tokenizer(c.tokenizer.path))
+    out = train_lib.run_stage(c, workdir, name, packing.PackedDataset(data_dir), mode="full", vocab_size=vocab)
+    bootstrap.export_full(out, hf_dir, c.tokenizer.path)
+    return {"hf_dir": str(hf_dir), "final_loss": out["final"].get("loss")}
+
+  return _cached(workdir / name, _stage_key(c, {"stage": name, "files": _file_digest(config.data.train[0])}),
+                 go)["hf_dir"]
+
+
+def _base(config, workdir: Path) -> str:
+  """The frozen base: config.model.hf_path, or (pretrain.steps > 0) a small model pretrained here."""
+  if config.pretrain.steps <= 0:
+    return config.model.hf_path
+  from hinqa_jax import bootstrap, data
+  from hinqa_jax.tokenizer import load_tokenizer
+  records = [r for f in config.data.train for r in data.read_records(f, strict=False)]
+  tok = load_tokenizer(config.tokenizer.path)
+  c = _with(config, **{"model.hf_path": ""})
+  return _full_stage(c, workdir, "base", lambda: bootstrap.corpus_examples(tok, records, config.data.seq_len),
+                     config.data.seq_len, config.pretrain.steps, config.seed)
+
+
+def _synthetic(config, workdir: Path) -> list[str]:
+  """Curated synthetic JSONL files: given (source=files) or made by small teachers (source=teachers)."""
+  if config.synthetic.source == "files":
+    return list(config.data.synthetic)
+  if config.synthetic.source != "teachers":
+    raise ValueError(f"synthetic.source must be files or teachers, got {config.synthetic.source!r}")
+  import copy
+
+  import gen
+  from hinqa_jax import bootstrap, data
+  from hinqa_jax.tokenizer import load_tokenizer
+  gen_cfg = copy.deepcopy(config.gen)
+  records = [r for f in config.data.train for r in data.read_records(f, strict=False)]
+  tok = load_tokenizer(config.tokenizer.path)
+  with gen_cfg.unlocked():
+    gen_cfg.out_dir = str(workdir / "gen")
+    gen_cfg.data.train = tuple(config.data.train)
+    for split in ("val", "test1", "test2"):
+      gen_cfg.data[split] = config.data[split]
+    for i, name in enumerate(config.synthetic.teachers):
+      examples = lambda s=i: bootstrap.teacher_examples(tok, records, gen_cfg, config.synthetic.teacher_seq_len,
+                                                        config.synthetic.samples_per_context, config.seed + 100 + s)
+      hf_dir = _full_stage(config, workdir, name, examples,
+                           config.synthetic.teacher_seq_len, config.synthetic.teacher_steps, config.seed + 100 + i)
+      gen_cfg.teachers[name] = gen.teacher("jax", hf_dir, temperature=config.synthetic.temperature, seed=i,
+                                           max_tokens=config.synthetic.max_tokens, batch_size=8)
+  key = _hash({"teachers": [_file_digest(str(Path(t.model) / "model.safetensors")) for t in gen_cfg.teachers.values()],
+               "gen": _to_plain(gen_cfg)})
+  curated = workdir / "gen" / "curated" / "synthetic.jsonl"
+
+  def go():
+    gen.synthesize(gen_cfg)
+    report = gen.curate(gen_cfg)
+    return {"curated": str(curated), "report": {k: report.get(k) for k in ("totals", "per_teacher") if k in report}}
+
+  _cached(workdir / "gen", key, go)
+  return [str(curated)]
+
+
+def _has_lines(path: str) -> bool:
+  p = Path(path)
+  return p.exists() and any(line.strip() for line in p.read_text(encoding="utf-8").splitlines())
+
+
+def _subsets(config, workdir: Path, synthetic: list[str]) -> dict[str, list[str]]:
+  """Synthetic file sets of the experiments: all, each teacher alone, and each ratio (seeded subsets)."""
+  import random
+
+  from hinqa_jax import data
+  sets = {"all": synthetic}
+  if not (config.run.per_teacher or config.run.ratios):
+    return sets
+  records = [(f, line) for f in synthetic for line in Path(f).read_text(encoding="utf-8").splitlines() if line.strip()]
+  out = workdir / "synthetic"
+  out.mkdir(parents=True, exist_ok=True)
+
+  def write(name: str, lines: list[str]) -> str:
+    path = out / f"{name}.jsonl"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
+    return str(path)
+
+  if config.run.per_teacher:
+    for teacher in sorted({json.loads(line).get("source", "unknown") for _, line in records}):
+      sets[f"teacher_{teacher}"] = [write(f"teacher_{teacher}",
+                                          [line for _, line in records if json.loads(line).get("source") == teacher])]
+  shuffled = [line for _, line in records]
+  random.Random(config.seed).shuffle(shuffled)
+  for ratio in config.run.ratios:
+    pct = int(round(ratio * 100))
+    sets[f"r{pct}"] = [write(f"ratio_{pct}", shuffled[:max(1, int(round(ratio * len(shuffled))))])]
+  del data
+  return sets
+
+
+def experiment_stages(config, synthetic_sets: dict[str, list[str]]) -> dict[str, list[dict]]:
+  """Experiment -> its stages in order; each stage: name, files, init_from (a stage name) and steps."""
+  train_files = list(config.data.train)
+  steps2 = config.run.stage2_steps or config.train.num_steps
+  m1 = {"name": "m1", "files": train_files, "init_from": None, "steps": config.train.num_steps}
+  plan: dict[str, list[dict]] = {}
+  for exp in config.run.experiments:
+    if exp == "m1":
+      plan["m1"] = [m1]
+    elif exp == "m2":
+      plan["m2"] = [m1, {"name": "m2", "files": synthetic_sets["all"], "init_from": "m1", "steps": steps2}]
+    elif exp == "m3":
+      plan["m3"] = [{"name": "m3", "files": train_files + synthetic_sets["all"], "init_from": None,
+                     "steps": config.train.num_steps}]
+    else:
+      raise ValueError(f"run.experiments: unknown experiment {exp!r} (m1, m2, m3; per-teacher and ratio runs "
+                       "come from run.per_teacher and run.ratios)")
+  for name, files in synthetic_sets.items():
+    if name != "all":
+      plan[f"m2_{name}"] = [m1, {"name": f"m2_{name}", "files": files, "init_from": "m1", "steps": steps2}]
+  return plan
+
+
+def load_adapters(stage_dir: str | os.PathLike, cfg, lcfg):
+  """The final adapters of a LoRA stage, on the default device."""
+  from jax.sharding import SingleDeviceSharding
+
+  from hinqa_jax import checkpoint, lora
+  abstract = jax.eval_shape(lambda k: lora.init(cfg, lcfg, k), jax.random.key(0))
+  dev = SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), abstract)
+  return checkpoint.restore_subtree(Path(stage_dir) / "checkpoints", "trainable", abstract)[0]
+
+
+def _splits(config) -> dict[str, str]:
+  return {s: config.data[s] for s in ("val", "test1", "test2")}
+
+
+def evaluate(config, workdir: str | os.PathLike, stage: str | None = None, *, out_dir=None, base=None) -> dict:
+  """Scores of a LoRA stage's adapters (default config.train.stage) on val, test1 and test2."""
+  from hinqa_jax import evaluate as evaluate_lib, hf, train as train_lib
+  from hinqa_jax.tokenizer import load_tokenizer
+  stage = stage or config.train.stage
+  tok = load_tokenizer(config.tokenizer.path)
+  cfg, params = base or _load_base_for_eval(config, len(tok))
+  lcfg = train_lib.lora_config(config)
+  adapters = load_adapters(Path(workdir) / stage, cfg, lcfg)
+  del hf
+  return evaluate_lib.evaluate_all(_splits(config), out_dir or Path(workdir) / "eval" / stage, cfg, params, tok,
+                                   adapters=adapters, lora_cfg=lcfg, eval_cfg=config.eval,
+                                   template=config.data.template, max_prompt_tokens=config.data.seq_len)
+
+
+def _load_base_for_eval(config, vocab: int):
+  from hinqa_jax import hf, train as train_lib
+  if config.model.hf_path:
+    cfg, params = hf.load_hf(config.model.hf_path, param_dtype=config.model.param_dtype)
+    return cfg.replace(dtype=config.model.dtype), params
+  cfg = train_lib.model_config(config, vocab)
+  from hinqa_jax import model
+  return cfg, model.init(cfg, jax.random.key(config.seed))
+
+
+def export(config, workdir: str | os.PathLike, stage: str | None = None, out_dir=None) -> dict:
+  """Merged HF weights and a PEFT adapter of a stage, with the tokenizer; rank/alpha/targets from the checkpoint."""
+  from hinqa_jax import checkpoint, hf, lora
+  stage = stage or config.train.stage
+  out = Path(out_dir or Path(workdir) / "export" / stage)
+  meta = checkpoint.read_meta(checkpoint.manager(Path(workdir) / stage / "checkpoints"))
+  m = meta["lora"]
+  lcfg = lora.LoraConfig(rank=m["rank"], alpha=m["alpha"], targets=tuple(m["targets"]), dropout=m["dropout"],
+                         rslora=m["rslora"])
+  from hinqa_jax.tokenizer import load_tokenizer
+  cfg, params = _load_base_for_eval(config, len(load_tokenizer(config.tokenizer.path)))
+  adapters = load_adapters(Path(workdir) / stage, cfg, lcfg)
+  hf.save_hf(out / "merged", cfg, params, adapters=adapters, lora_cfg=lcfg, tokenizer_dir=config.tokenizer.path)
+  hf.save_peft(out / "peft", cfg, adapters, lcfg, base_model_name_or_path=config.model.hf_path or None)
+  return {"merged": str(out / "merged"), "peft": str(out / "peft"), "lora": m}
+
+
+def convert(config, workdir: str | os.PathLike, hf_dir: str | None = None) -> dict:
+  """Validate a HF LLaMA dir and rewrite it sharded in config.model.param_dtype at WORKDIR/converted."""
+  from hinqa_jax import hf, model
+  src = hf_dir or config.model.hf_path
+  if not src:
+    raise ValueError("convert: give --hf_dir or config.model.hf_path")
+  cfg, params = hf.load_hf(src, param_dtype=config.model.param_dtype)
+  out = hf.save_hf(Path(workdir) / "converted", cfg, params, tokenizer_dir=src)
+  return {"source": src, "out": str(out), "parameters": model.count_params(params), "dtype": cfg.param_dtype}
+
+
+def run(config, workdir: str | os.PathLike) -> dict:
+  """The whole pipeline: tokenizer, base, synthetic data, the experiments' stages, evaluation, report, export."""
+  import copy
+
+  from hinqa_jax import report
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  config = copy.deepcopy(config)
+  config.tokenizer.path = _tokenizer(config, workdir)
+  config.model.hf_path = _base(config, workdir)
+  synthetic = _synthetic(config, workdir)
+  plan = experiment_stages(config, _subsets(config, workdir, synthetic))
+  stage_keys: dict[str, str] = {}
+  skipped: dict[str, str] = {}
+  for exp, stages in list(plan.items()):
+    empty = [f for st in stages for f in st["files"] if not _has_lines(f)]
+    if empty:  # e.g. curation rejected every synthetic pair: say so in the results, train nothing on air
+      skipped[exp] = f"not run: no records in {', '.join(sorted(set(empty)))}"
+      log.warning("%s: %s", exp, skipped[exp])
+      del plan[exp]
+      continue
+    for st in stages:
+      if st["name"] in stage_keys:
+        continue
+      c = _with(config, **{"train.num_steps": st["steps"], "train.stage": st["name"]})
+      prev = stage_keys.get(st["init_from"]) if st["init_from"] else None
+      key = _stage_key(c, {"files": {f: _file_digest(f) for f in st["files"]}, "after": prev,
+                           "base": _file_digest(str(Path(config.model.hf_path) / "model.safetensors"))})
+      init = str(workdir / st["init_from"] / "checkpoints") if st["init_from"] else None
+      _cached(workdir / st["name"], key, lambda c=c, st=st, init=init: train(
+          c, workdir, stage=st["name"], files=tuple(st["files"]), init_from=init))
+      stage_keys[st["name"]] = key
+
+  from hinqa_jax.tokenizer import load_tokenizer, tokenizer_hash
+  base = _load_base_for_eval(config, len(load_tokenizer(config.tokenizer.path)))
+  results = {}
+  for exp, stages in plan.items():
+    last = stages[-1]["name"]
+    key = _hash({"stage": stage_keys[last], "eval": _to_plain(config)["eval"], "splits": {
+        s: _file_digest(p) for s, p in _splits(config).items()}})
+    results[exp] = _cached(workdir / "eval" / exp, key, lambda exp=exp, last=last: evaluate(
+        config, workdir, last, out_dir=workdir / "eval" / exp, base=base))
+  for exp, note in skipped.items():
+    results[exp] = {s: {"n": 0, "note": note} for s in _splits(config)}
+  provenance = {"config_hash": _hash(_to_plain(config)), "tokenizer_hash": tokenizer_hash(config.tokenizer.path),
+                "base": config.model.hf_path, "stage_keys": stage_keys,
+                "data": {s: _file_digest(p) for s, p in _splits(config).items()} |
+                        {f: _file_digest(f) for f in list(config.data.train) + synthetic}}
+  stage_dirs = {name: str(workdir / name) for name in ["base", *config.synthetic.teachers, *stage_keys]
+                if (workdir / name / "metrics.jsonl").exists()}
+  out = report.write_report(workdir, results, provenance, stage_dirs)
+  if config.run.export and config.run.export in plan:
+    out["export"] = export(config, workdir, plan[config.run.export][-1]["name"])
+  return out

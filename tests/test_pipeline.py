@@ -1,0 +1,116 @@
+"""The stage graph end to end on the tiny model: M1, M2 (from M1's adapters), M3, evaluation, report, export."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hinqa_jax import data, lora, pipeline, train
+from hinqa_jax.config import default_config
+
+
+def _synthetic_file(path, n=24):
+  """Curated-format synthetic records (as gen/curate writes them), from the training contexts."""
+  recs = data.read_records("data/vatika_mini/train.json")[:n]
+  with open(path, "w", encoding="utf-8") as f:
+    for i, r in enumerate(recs):
+      f.write(json.dumps({"id": f"syn-{i}", "domain": r.domain, "context": r.context,
+                          "question": r.question.replace("?", " बताइए?"), "answer": r.answer,
+                          "source": "teacher_a" if i % 2 else "teacher_b"}, ensure_ascii=False) + "\n")
+  return str(path)
+
+
+def _config(synthetic):
+  c = default_config()
+  c.model.preset = "tiny"
+  c.data.synthetic = (synthetic,)
+  c.data.seq_len = 512
+  c.lora.rank = 4
+  c.train.num_steps = 4
+  c.train.batch_size = 8
+  c.train.learning_rate = 3e-3
+  c.train.warmup_steps = 1
+  c.checkpoint.every_steps = 2
+  c.run.stage2_steps = 2
+  c.run.per_teacher = True
+  c.eval.max_examples = 4
+  c.eval.max_new_tokens = 8
+  c.eval.bertscore_model = "/nonexistent/mbert"
+  return c
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+  d = tmp_path_factory.mktemp("run")
+  syn = _synthetic_file(d / "synthetic.jsonl")
+  c = _config(syn)
+  out = pipeline.run(c, d / "w")
+  return c, d / "w", out
+
+
+def test_results_have_every_experiment_and_split(demo_run):
+  _, w, out = demo_run
+  md = (w / "results.md").read_text()
+  res = json.loads((w / "results.json").read_text())["results"]
+  assert set(res) == {"m1", "m2", "m3", "m2_teacher_teacher_a", "m2_teacher_teacher_b"}
+  for split in ("val", "test1", "test2"):
+    assert f"## {split}" in md
+    for exp in ("m1", "m2", "m3"):
+      assert res[exp][split]["n"] == 4
+      assert 0 <= res[exp][split]["bleu2"] <= 100 and 0 <= res[exp][split]["qa_f1"] <= 100
+      assert f"| {exp} | 4 |" in md
+  assert "BERTScore: not computed (no model at /nonexistent/mbert)" in md
+  assert (w / "loss.png").stat().st_size > 1000 and (w / "metrics.png").stat().st_size > 1000
+  preds = [json.loads(line) for line in (w / "eval" / "m2" / "test2.predictions.jsonl").read_text().splitlines()]
+  assert len(preds) == 4 and {"id", "reference", "prediction"} <= set(preds[0])
+  # Each stage logged every step.
+  assert [json.loads(x)["step"] for x in (w / "m2" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_m2_starts_from_m1_adapters(demo_run, tmp_path):
+  c, w, _ = demo_run
+  cfg = train.model_config(c, 4096)
+  lcfg = train.lora_config(c)
+  m1 = pipeline.load_adapters(w / "m1", cfg, lcfg)
+  # Stage 2 restored from M1 with a zero learning rate: its adapters are M1's final ones, bit for bit.
+  c2 = pipeline._with(c, **{"train.learning_rate": 0.0, "train.warmup_steps": 0, "train.num_steps": 1})
+  pipeline.train(c2, w, stage="m2_probe", files=tuple(c.data.synthetic), init_from=str(w / "m1" / "checkpoints"),
+                 progress=False)
+  probe = pipeline.load_adapters(w / "m2_probe", cfg, lcfg)
+  jax.tree.map(np.testing.assert_array_equal, probe, m1)
+  fresh = lora.init(cfg, lcfg, jax.random.key(0))
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(probe), jax.tree.leaves(fresh)))
+
+
+def test_rerun_skips_and_changed_config_reruns_dependents(demo_run):
+  c, w, _ = demo_run
+  stamp = lambda s: os.path.getmtime(w / s / "stage.json")  # noqa: E731
+  before = {s: stamp(s) for s in ("m1", "m2", "m3")}
+  pipeline.run(c, w)
+  assert {s: stamp(s) for s in before} == before  # nothing re-trained
+  c2 = pipeline._with(c, **{"run.stage2_steps": 3})
+  pipeline.run(c2, w)
+  assert stamp("m1") == before["m1"] and stamp("m3") == before["m3"]
+  assert stamp("m2") != before["m2"]
+  assert [json.loads(x)["step"] for x in (w / "m2" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_export_loads_in_transformers(demo_run):
+  _, w, out = demo_run
+  merged = AutoModelForCausalLM.from_pretrained(out["export"]["merged"], dtype=torch.float32)
+  assert merged.config.num_hidden_layers == 2
+  cfg_json = json.loads((w / "export" / "m2" / "peft" / "adapter_config.json").read_text())
+  assert cfg_json["r"] == 4 and cfg_json["lora_alpha"] == 32.0
+
+
+def test_empty_synthetic_data_is_reported_not_fatal(demo_run, tmp_path):
+  c, w, _ = demo_run
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("")
+  c2 = pipeline._with(c, **{"data.synthetic": (str(empty),), "run.per_teacher": False, "run.export": "m1"})
+  pipeline.run(c2, w)
+  res = json.loads((w / "results.json").read_text())["results"]
+  assert res["m2"]["val"]["note"].startswith("not run: no records in") and res["m1"]["val"]["n"] == 4
