@@ -63,7 +63,7 @@ def loss_plot(stage_dirs: dict[str, str | os.PathLike], path: str | os.PathLike)
       ax.plot([r["step"] for r in m], [r["loss"] for r in m], label=name)
       drawn += 1
   ax.set_xlabel("step")
-  ax.set_ylabel("training loss (answer tokens)")
+  ax.set_ylabel("training loss (loss-masked tokens)")
   ax.set_yscale("log")
   if drawn:
     ax.legend(fontsize=8)
