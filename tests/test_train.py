@@ -148,3 +148,20 @@ def test_restore_onto_a_different_mesh(tmp_path):
   # near-zero coordinate moves that weight by up to ~lr * 1e-3 (1e-5 here) after a few steps.
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=5e-5, rtol=0),
                jax.device_get(resumed["state"]["trainable"]), jax.device_get(straight["state"]["trainable"]))
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_policies_give_the_same_gradients(remat):
+  import jax.numpy as jnp
+
+  from hinqa_jax import lora, model
+  c = toy_config()
+  cfg = train.model_config(c, 256)
+  lcfg = train.lora_config(c)
+  params = model.init(cfg, jax.random.key(0))
+  ad = jax.tree.map(lambda x: x + 0.01, lora.init(cfg, lcfg, jax.random.key(1)))
+  batch = {k: jnp.asarray(v) for k, v in ToyPacked().get_batch(0, 4, 0).items()}
+  grad = lambda cfg_: jax.grad(lambda a: train.loss_sums(a, params, batch, None, cfg=cfg_, lcfg=lcfg,  # noqa: E731
+                                                          mode="lora")[0])(ad)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-6), grad(cfg.replace(remat=remat)),
+               grad(cfg))

@@ -1,0 +1,145 @@
+"""Launch scripts: they parse and pass shellcheck; local.sh trains across 2 processes exactly like 1 process
+does on the same 8 devices; tpu_pod.sh and gpu_slurm.sbatch hand each worker the right command and
+jax.distributed settings (checked with stand-ins for gcloud, curl and srun: no cloud here)."""
+import importlib.util
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(p for p in (REPO / "launch").iterdir() if p.suffix in (".sh", ".sbatch"))
+
+
+def _exe(path: Path, text: str) -> Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
+  path.chmod(path.stat().st_mode | stat.S_IEXEC)
+  return path
+
+
+def test_the_launch_scripts_are_there():
+  assert {p.name for p in SCRIPTS} >= {"local.sh", "tpu_pod.sh", "gpu_slurm.sbatch"}
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_bash_syntax(script):
+  out = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck(script):
+  if shutil.which("shellcheck") is None:
+    pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
+  # SC2317: shellcheck 0.9 reports the body of a function only called from `trap` as unreachable.
+  out = subprocess.run(["shellcheck", "--shell=bash", "--exclude=SC2317", str(script)], capture_output=True, text=True)
+  assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_local_two_processes_match_one_process(tmp_path, monkeypatch):
+  from hinqa_jax import pipeline
+  from hinqa_jax.tokenizer import build_bundled_tokenizer
+  from hinqa_jax.tracking import read_metrics
+  spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs" / "tiny.py")
+  tiny = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tiny)
+  tok = tmp_path / "tok"
+  build_bundled_tokenizer(out_dir=tok)
+  env = {**os.environ, "HINQA_LOCAL_DEVICES": "4", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
+         "JAX_DEFAULT_MATMUL_PRECISION": "highest", "HINQA_LOG_DIR": str(tmp_path)}
+  out = subprocess.run([str(REPO / "launch" / "local.sh"), "2", "train", "--config=configs/tiny.py",
+                        f"--workdir={tmp_path / 'two'}", "--config.train.num_steps=5", f"--config.tokenizer.path={tok}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + (tmp_path / "hinqa-proc-1.log").read_text()[-3000:]
+  two = [m["loss"] for m in read_metrics(tmp_path / "two" / "train")]
+
+  monkeypatch.chdir(REPO)  # the config's data paths are relative to the repository
+  config = tiny.get_config()
+  config.train.num_steps = 5
+  config.tokenizer.path = str(tok)
+  pipeline.train(config, tmp_path / "one", progress=False)  # one process, this test's 8 fake devices
+  one = [m["loss"] for m in read_metrics(tmp_path / "one" / "train")]
+  assert len(two) == len(one) == 5
+  np.testing.assert_allclose(two, one, atol=1e-5, rtol=0)
+
+
+def _fake_pod(tmp_path: Path) -> dict:
+  """gcloud that runs `ssh --worker=all` once per worker (homes w0, w1) and a curl that answers the worker id."""
+  bin_dir = tmp_path / "bin"
+  _exe(bin_dir / "gcloud", f"""#!/usr/bin/env bash
+set -euo pipefail
+echo "$*" >> {tmp_path}/gcloud.log
+sub="$4"; shift 4
+case "$sub" in
+  create) ;;
+  describe) echo "10.0.0.1;10.0.0.2" ;;
+  scp) for w in 0 1; do cp "$1" "{tmp_path}/w$w/${{2#*:}}"; done ;;
+  ssh)
+    cmd=""
+    while [[ $# -gt 0 ]]; do if [[ "$1" == --command ]]; then cmd="$2"; shift 2; else shift; fi; done
+    pids=()
+    for w in 0 1; do (cd "{tmp_path}/w$w" && HOME="{tmp_path}/w$w" FAKE_WORKER=$w bash -c "$cmd") & pids+=("$!"); done
+    for p in "${{pids[@]}}"; do wait "$p"; done ;;
+esac
+""")
+  _exe(bin_dir / "curl", "#!/usr/bin/env bash\necho \"$FAKE_WORKER\"\n")
+  for w in (0, 1):  # the venv --no-setup expects: its python records what it was asked to run
+    venv = tmp_path / f"w{w}" / "hinqa-jax" / ".venv-tpu" / "bin"
+    _exe(venv / "python", "#!/usr/bin/env bash\n{ echo \"pwd=$(pwd)\"; echo \"coordinator=$HINQA_COORDINATOR\"; "
+         "echo \"num=$HINQA_NUM_PROCESSES\"; echo \"id=$HINQA_PROCESS_ID\"; printf 'arg=%s\\n' \"$@\"; } > \"$HOME/run.txt\"\n")
+    (venv / "activate").write_text(f'export PATH="{venv}:$PATH"\n')
+  return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TPU_NAME": "hinqa-test", "ZONE": "us-central2-b",
+          "ACCELERATOR": "v4-32", "TPU_VERSION": "tpu-ubuntu2204-base"}
+
+
+def test_tpu_pod_script_runs_the_command_on_every_worker(tmp_path):
+  env = _fake_pod(tmp_path)
+  args = ["train", "--config=configs/tiny.py", "--workdir=/mnt/hinqa/runs/m 1", "--config.data.template=plain"]
+  out = subprocess.run([str(REPO / "launch" / "tpu_pod.sh"), "--create", "--no-setup", *args], env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stdout + out.stderr
+  log = (tmp_path / "gcloud.log").read_text()
+  assert ("compute tpus tpu-vm create hinqa-test --zone us-central2-b --accelerator-type v4-32 "
+          "--version tpu-ubuntu2204-base") in log
+  for w in (0, 1):
+    home = tmp_path / f"w{w}"
+    assert (home / "hinqa-jax" / "hinqa_jax" / "train.py").is_file()  # the working tree was copied ...
+    assert not (home / "hinqa-jax" / ".venv").exists() and not (home / "hinqa-jax" / ".git").exists()  # ... lean
+    run = (home / "run.txt").read_text().splitlines()
+    assert run[0] == f"pwd={home / 'hinqa-jax'}"
+    assert run[1:4] == ["coordinator=10.0.0.1:8476", "num=2", f"id={w}"]
+    assert run[4:] == ["arg=-m", "arg=hinqa_jax", *[f"arg={a}" for a in args]]  # arguments arrive intact
+
+
+def test_tpu_pod_script_needs_name_and_zone(tmp_path):
+  env = {k: v for k, v in _fake_pod(tmp_path).items() if k != "ZONE"}
+  out = subprocess.run([str(REPO / "launch" / "tpu_pod.sh"), "train"], env=env, capture_output=True, text=True)
+  assert out.returncode == 2 and "TPU_NAME and ZONE" in out.stderr and "usage:" in out.stderr
+  assert not (tmp_path / "gcloud.log").exists()
+
+
+def test_gpu_slurm_script_runs_one_process_per_task(tmp_path):
+  bin_dir = tmp_path / "bin"
+  _exe(bin_dir / "srun", "#!/usr/bin/env bash\n[[ $1 == --kill-on-bad-exit=1 ]] && shift\n"
+       "for i in 0 1; do SLURM_PROCID=$i \"$@\"; done\n")
+  _exe(tmp_path / "venv" / "bin" / "python", "#!/usr/bin/env bash\n{ echo \"pwd=$(pwd)\"; "
+       "echo \"mem=$XLA_PYTHON_CLIENT_MEM_FRACTION\"; printf 'arg=%s\\n' \"$@\"; } "
+       f"> {tmp_path}/run-$SLURM_PROCID.txt\n")
+  env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(REPO),
+         "HINQA_VENV": str(tmp_path / "venv"), "SLURM_NTASKS": "2"}
+  env.pop("XLA_PYTHON_CLIENT_MEM_FRACTION", None)
+  args = ["train", "--config=configs/tiny.py", "--workdir=/shared/runs/a b"]
+  out = subprocess.run(["bash", str(REPO / "launch" / "gpu_slurm.sbatch"), *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0, out.stdout + out.stderr
+  for i in (0, 1):
+    run = (tmp_path / f"run-{i}.txt").read_text().splitlines()
+    assert run == [f"pwd={REPO}", "mem=0.92", "arg=-m", "arg=hinqa_jax", *[f"arg={a}" for a in args]]
+  out = subprocess.run(["bash", str(REPO / "launch" / "gpu_slurm.sbatch"), "train"], cwd=tmp_path,
+                       env={**env, "HINQA_VENV": str(tmp_path / "missing")}, capture_output=True, text=True)
+  assert out.returncode == 2 and "HINQA_VENV" in out.stderr
