@@ -205,12 +205,13 @@ class Block(nnx.Module):
     q = apply_rope(q, ctx["positions"], ctx["inv_freq"])
     k = apply_rope(k, ctx["positions"], ctx["inv_freq"])
     new_cache = None
-    if cache is not None:  # write this chunk's keys and values into the cache slots
-      idx = ctx["cache_index"]
-      k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, idx, 0, 0))
-      v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, idx, 0, 0))
+    if cache is not None:  # write this chunk's keys and values into this layer's cache slots, in place
+      idx, layer = ctx["cache_index"], cache["layer"]
+      k_all = jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype), (layer, 0, idx, 0, 0))
+      v_all = jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype), (layer, 0, idx, 0, 0))
       new_cache = {"k": k_all, "v": v_all}
-      k, v = k_all.astype(x_btd.dtype), v_all.astype(x_btd.dtype)
+      k = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False).astype(x_btd.dtype)
+      v = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False).astype(x_btd.dtype)
     q_btkge = q.reshape(b, t, k_heads, g, e)
     scores = jnp.einsum("btkge,bske->bkgts", q_btkge, k, preferred_element_type=jnp.float32)
     scores = scores / jnp.sqrt(jnp.float32(e))
@@ -298,18 +299,23 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens_bt, *, segment_ids=N
   dropout = lora_cfg.dropout if lora_cfg is not None else 0.0
   layer_adapters = adapters["layers"] if adapters is not None else None
   layer_rngs = jax.random.split(dropout_rng, cfg.n_layers) if dropout_rng is not None else None
-  layer_cache = {"k": cache["k"], "v": cache["v"]} if cache is not None else None
 
-  def body(x_btd, layer):
-    p, ad, rng, kv = layer
+  # The cache rides in the scan carry, so each layer updates its slots in place instead of the whole
+  # cache being sliced out and stacked back every step.
+  def body(carry, layer):
+    x_btd, kv = carry
+    p, ad, rng, i = layer
     if activation_sharding is not None:
       x_btd = jax.lax.with_sharding_constraint(x_btd, activation_sharding)
     block = nnx.merge(graphdef, p)
-    return block(cfg, x_btd, ctx, ad, (scale, dropout, rng), kv)
+    x_btd, kv = block(cfg, x_btd, ctx, ad, (scale, dropout, rng), None if kv is None else {**kv, "layer": i})
+    return (x_btd, kv), None
 
   if cfg.remat != "none":
     body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-  x, new_kv = jax.lax.scan(body, x, (params["layers"], layer_adapters, layer_rngs, layer_cache), unroll=unroll)
+  kv0 = {"k": cache["k"], "v": cache["v"]} if cache is not None else None
+  (x, new_kv), _ = jax.lax.scan(body, (x, kv0), (params["layers"], layer_adapters, layer_rngs,
+                                                 jnp.arange(cfg.n_layers)), unroll=unroll)
   norm = nnx.merge(nnx.graphdef(RMSNorm(1, cfg.rms_eps, jnp.float32)), params["norm"])
   x = norm(x)
   if cache is None:
