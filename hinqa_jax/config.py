@@ -101,6 +101,7 @@ def vatika_llama3_8b(experiments: tuple[str, ...]) -> ml_collections.ConfigDict:
   LoRA SFT values: change them per run with --config.*.
   """
   c = default_config()
+  c.model.preset = "llama3_8b"  # shapes for `plan` when hf_path is not on this machine
   c.model.hf_path = "/models/Meta-Llama-3.1-8B-Instruct"  # local HF directory (config.json, safetensors)
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "bfloat16"

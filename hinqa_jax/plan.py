@@ -21,7 +21,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from hinqa_jax import lora, model, sharding, train
 
@@ -153,12 +152,27 @@ def _vocab(config) -> int | None:
   return len(load_tokenizer(config.tokenizer.path))
 
 
+def _without_missing_weights(config):
+  """(config, note): a model.hf_path not on this machine gives way to model.preset (planning needs shapes only)."""
+  path = config.model.hf_path
+  if not path or (Path(path) / "config.json").is_file():
+    return config, ""
+  from hinqa_jax.config import default_config
+  if config.model.preset == default_config().model.preset:
+    raise ValueError(f"model.hf_path {path} has no config.json here and the config names no preset; to plan "
+                     f"without the weights give the shapes, e.g. --config.model.preset=llama3_8b")
+  config = config.copy_and_resolve_references()
+  config.model.hf_path = ""
+  return config, f"{path} has no config.json here: planned with the shapes of preset {config.model.preset}"
+
+
 def plan(config, devices: int | None = None, vocab_size: int | None = None) -> dict:
   """Compile the config's train step for `devices` devices from abstract shapes; bytes, FLOPs, fits.
 
   Byte figures are per device unless named otherwise; a leaf's shard is its size over the product of
-  the mesh axes sharding it.
+  the mesh axes sharding it. The weights need not be on this machine (see _without_missing_weights).
   """
+  config, note = _without_missing_weights(config)
   devs = plan_devices(devices)
   mesh = sharding.make_mesh(dict(config.mesh), devices=devs)
   train.check_batch(config, mesh)
@@ -214,7 +228,7 @@ def plan(config, devices: int | None = None, vocab_size: int | None = None) -> d
       "model": {"preset": config.model.preset if not config.model.hf_path else config.model.hf_path,
                 "vocab_size": cfg.vocab_size, "dtype": cfg.dtype, "param_dtype": cfg.param_dtype,
                 "remat": cfg.remat, "mode": mode, "lora_rank": lcfg.rank if mode == "lora" else None,
-                "lora_targets": list(lcfg.targets) if mode == "lora" else None},
+                "lora_targets": list(lcfg.targets) if mode == "lora" else None, "note": note},
       "mesh": dict(mesh.shape), "devices": n, "platform": platform, "compile_s": compile_s,
       "batch_size": t.batch_size, "seq_len": config.data.seq_len, "grad_accum": t.grad_accum,
       "base_params": model.count_params(base),
@@ -258,6 +272,7 @@ def report(p: dict, device_memory: str | None = None) -> str:
       f"plan: {m['preset']} (vocab {m['vocab_size']}), {what}, batch {p['batch_size']} x {p['seq_len']} tokens"
       f" (grad_accum {p['grad_accum']}), remat {m['remat']}, weights {m['param_dtype']}, compute {m['dtype']}",
       f"mesh: {mesh} on {n} {p['platform']} devices; step compiled in {p['compile_s']:.1f} s",
+      *([f"model: {m['note']}"] if m.get("note") else []),
       f"parameters: base {p['base_params']:,}, trainable {p['trainable_params']:,}",
       "",
       f"{'':32}{'per device':>14}{'all devices':>14}{'unique':>14}",
@@ -290,7 +305,8 @@ def report(p: dict, device_memory: str | None = None) -> str:
     lines.append("  to fit: shard the weights (--config.mesh.fsdp), --config.model.remat=full, or fewer rows per "
                  "step (--config.train.grad_accum)")
   if p["platform"] == "cpu":
-    lines.append("note: compiled by XLA:CPU, which computes bf16 matmuls in f32 (one layer's f32 weight copy is in"
-                 " temp) and fuses and schedules differently from GPU/TPU: the totals are an estimate. Run the"
-                 " plan on the target machine for its own compiler's figures.")
+    bf16 = "bfloat16" in (m["dtype"], m["param_dtype"])
+    lines.append("note: compiled by XLA:CPU, which " + ("computes bf16 matmuls in f32 (one layer's f32 weight copy is"
+                 " in temp) and " if bf16 else "") + "fuses and schedules differently from GPU/TPU: the totals are an"
+                 " estimate. Run the plan on the target machine for its own compiler's figures.")
   return "\n".join(lines)

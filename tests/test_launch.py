@@ -88,10 +88,11 @@ case "$sub" in
 esac
 """)
   _exe(bin_dir / "curl", "#!/usr/bin/env bash\necho \"$FAKE_WORKER\"\n")
-  for w in (0, 1):  # the venv --no-setup expects: its python records what it was asked to run
+  for w in (0, 1):  # each worker's venv: its python records what it was asked to run, its pip what to install
     venv = tmp_path / f"w{w}" / "hinqa-jax" / ".venv-tpu" / "bin"
     _exe(venv / "python", "#!/usr/bin/env bash\n{ echo \"pwd=$(pwd)\"; echo \"coordinator=$HINQA_COORDINATOR\"; "
          "echo \"num=$HINQA_NUM_PROCESSES\"; echo \"id=$HINQA_PROCESS_ID\"; printf 'arg=%s\\n' \"$@\"; } > \"$HOME/run.txt\"\n")
+    _exe(venv / "pip", "#!/usr/bin/env bash\necho \"$*\" >> \"$HOME/pip.log\"\n")
     (venv / "activate").write_text(f'export PATH="{venv}:$PATH"\n')
   return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TPU_NAME": "hinqa-test", "ZONE": "us-central2-b",
           "ACCELERATOR": "v4-32", "TPU_VERSION": "tpu-ubuntu2204-base"}
@@ -100,7 +101,7 @@ esac
 def test_tpu_pod_script_runs_the_command_on_every_worker(tmp_path):
   env = _fake_pod(tmp_path)
   args = ["train", "--config=configs/tiny.py", "--workdir=/mnt/hinqa/runs/m 1", "--config.data.template=plain"]
-  out = subprocess.run([str(REPO / "launch" / "tpu_pod.sh"), "--create", "--no-setup", *args], env=env,
+  out = subprocess.run([str(REPO / "launch" / "tpu_pod.sh"), "--create", *args], env=env,
                        capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stdout + out.stderr
   log = (tmp_path / "gcloud.log").read_text()
@@ -110,6 +111,14 @@ def test_tpu_pod_script_runs_the_command_on_every_worker(tmp_path):
     home = tmp_path / f"w{w}"
     assert (home / "hinqa-jax" / "hinqa_jax" / "train.py").is_file()  # the working tree was copied ...
     assert not (home / "hinqa-jax" / ".venv").exists() and not (home / "hinqa-jax" / ".git").exists()  # ... lean
+    # The CPU stack minus its jax lines, then jax[tpu] of requirements.txt's jax version.
+    cpu = (REPO / "requirements.txt").read_text().splitlines()
+    jax_version = next(line.split("==")[1] for line in cpu if line.startswith("jax[cpu]=="))
+    reqs = (home / "hinqa-jax" / "requirements-tpu.txt").read_text().splitlines()
+    assert reqs == [line for line in cpu if not line.startswith(("jax[cpu]==", "jaxlib=="))]
+    pip = (home / "pip.log").read_text().splitlines()
+    assert pip[1:] == ["install --quiet -r requirements-tpu.txt", f"install --quiet jax[tpu]=={jax_version} -f "
+                       "https://storage.googleapis.com/jax-releases/libtpu_releases.html"]
     run = (home / "run.txt").read_text().splitlines()
     assert run[0] == f"pwd={home / 'hinqa-jax'}"
     assert run[1:4] == ["coordinator=10.0.0.1:8476", "num=2", f"id={w}"]

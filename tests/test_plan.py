@@ -92,3 +92,15 @@ def test_cli_plans_for_more_devices_than_the_machine_has():
   assert out.returncode == 0, out.stderr[-2000:]
   assert "mesh: data=8 fsdp=2 tensor=1 on 16 cpu devices" in out.stdout
   assert "v5e" in out.stdout and "fits" in out.stdout
+
+
+def test_plan_needs_no_weights_on_this_machine(tmp_path):
+  c = _config("small", mesh=(1, 1, 1), seq=64, batch=2, remat="none", dtype="float32", vocab=512)
+  c.model.hf_path = str(tmp_path / "Llama-3.1-8B")  # the weights live on the cluster, not here
+  p = plan.plan(c, devices=1)
+  assert p["model"]["preset"] == "small" and "has no config.json" in p["model"]["note"]
+  assert "planned with the shapes of preset small" in plan.report(p)
+  assert c.model.hf_path == str(tmp_path / "Llama-3.1-8B")  # the caller's config is left alone
+  c.model.preset = "tiny"  # the default: nothing names the shapes
+  with pytest.raises(ValueError, match="--config.model.preset=llama3_8b"):
+    plan.plan(c, devices=1)
