@@ -17,15 +17,15 @@ def get_config():
   c.tokenizer.path = ""  # "" = train one on data.train into WORKDIR/tokenizer
   c.model.preset = "demo"  # small LLaMA-3 shaped model, vocab from the tokenizer
   c.data.seq_len = 512
-  c.pretrain.steps = 80
+  c.pretrain.steps = 100
   c.pretrain.learning_rate = 3e-3
   c.pretrain.batch_size = 8
   c.synthetic.source = "teachers"
   c.synthetic.teachers = ("teacher_a", "teacher_b")
-  c.synthetic.teacher_steps = 80
+  c.synthetic.teacher_steps = 160
   c.synthetic.teacher_seq_len = 640
   c.synthetic.samples_per_context = 4
-  c.synthetic.temperature = 0.9
+  c.synthetic.temperature = 0.7
   c.synthetic.max_tokens = 320
   c.lora.rank = 8
   c.lora.alpha = 16.0
