@@ -230,6 +230,9 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
         state["opt_state"] = checkpoint.restore_subtree(init_from, "opt_state", sharding.like_tree(
             abstract["opt_state"], shardings["opt_state"]))[0]
   start = int(state["step"])
+  if start > t.num_steps:
+    raise ValueError(f"{stage}: the checkpoint in {mngr.directory} is at step {start}, past train.num_steps="
+                     f"{t.num_steps}; raise num_steps or use another workdir/stage")
 
   batch_sharding = sharding.batch_sharding(mesh)
   specs = batch_spec(config, dataset.seq_len)

@@ -121,6 +121,8 @@ def test_bad_meshes_batches_and_checkpoints(tmp_path):
   with pytest.raises(ValueError, match=r"unknown LoRA targets \['qkv_proj'\]"):
     train.run_stage(c, tmp_path, "s", ToyPacked(), progress=False)
   train.run_stage(toy_config(steps=2), tmp_path, "r", ToyPacked(), progress=False)
+  with pytest.raises(ValueError, match=r"r: the checkpoint in .* is at step 2, past train.num_steps=1"):
+    train.run_stage(toy_config(steps=1), tmp_path, "r", ToyPacked(), progress=False)
   c = toy_config(steps=4)
   c.lora.rank = 8
   with pytest.raises(ValueError, match=r"checkpoint .*: lora .*'rank': 4.* does not match this run's .*'rank': 8"):
