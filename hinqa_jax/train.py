@@ -222,13 +222,15 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
     log.info("%s: resumed at step %d", stage, int(state["step"]))
   else:
     state = init_state(jax.random.fold_in(jax.random.key(config.seed), 1))
-    if init_from:
-      prev, _ = checkpoint.restore_subtree(init_from, "trainable", sharding.like_tree(abstract["trainable"],
-                                           shardings["trainable"]), expected_meta=meta)
-      state["trainable"] = prev
+    if init_from:  # M2: stage 2 starts from stage 1's final adapters (same shapes, restored sharded)
+      prev_mngr = checkpoint.manager(init_from)
+      if prev_mngr.latest_step() is None:
+        raise FileNotFoundError(f"{stage}: no checkpoint in {init_from} to start from")
+      checkpoint.check_compatible(checkpoint.read_meta(prev_mngr), meta, init_from)
+      prev, _ = checkpoint.restore(prev_mngr, sharding.like_tree(abstract, shardings))
+      state["trainable"] = prev["trainable"]
       if not t.reset_optimizer:
-        state["opt_state"] = checkpoint.restore_subtree(init_from, "opt_state", sharding.like_tree(
-            abstract["opt_state"], shardings["opt_state"]))[0]
+        state["opt_state"] = prev["opt_state"]
   start = int(state["step"])
   if start > t.num_steps:
     raise ValueError(f"{stage}: the checkpoint in {mngr.directory} is at step {start}, past train.num_steps="
