@@ -41,12 +41,13 @@ def sample_logits(logits_bv, key, temperature: float, top_k: int, top_p: float):
   return jax.random.categorical(key, logits_bv, axis=-1).astype(jnp.int32)
 
 
+# The empty cache comes in as an argument, not built inside: as a constant, XLA would try to
+# constant-fold the prefill's attention over it (slow compiles for long prompts).
 @functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg", "max_new_tokens", "temperature", "top_k", "top_p"))
-def _generate(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segment_bp, stop_ids, key, *,
+def _generate(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segment_bp, stop_ids, key, cache, *,
               max_new_tokens: int, temperature: float, top_k: int, top_p: float):
   b, p = tokens_bp.shape
   positions_bp = jnp.maximum(jnp.cumsum(segment_bp, axis=1) - 1, 0).astype(jnp.int32)
-  cache = model_lib.init_cache(cfg, b, p + max_new_tokens)
   x, cache = model_lib.forward_hidden(cfg, params, tokens_bp, segment_ids=segment_bp, positions=positions_bp,
                                       adapters=adapters, lora_cfg=lora_cfg, cache=cache, cache_index=0)
   logits = model_lib.logits_from_hidden(cfg, params, x[:, -1:])[:, 0]
@@ -101,7 +102,8 @@ def generate(cfg: ModelConfig, params: Params, prompts: Sequence[Sequence[int]],
     tokens[row, p - len(q):] = q
     segments[row, p - len(q):] = 1
   out, n = _generate(cfg, params, adapters, lora_cfg, jnp.asarray(tokens), jnp.asarray(segments),
-                     jnp.asarray(stops, jnp.int32), jax.random.key(seed), max_new_tokens=max_new_tokens,
+                     jnp.asarray(stops, jnp.int32), jax.random.key(seed),
+                     model_lib.init_cache(cfg, len(prompts), p + max_new_tokens), max_new_tokens=max_new_tokens,
                      temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
   out = np.asarray(out)[:, :int(n)]
   stop_set = set(stops)

@@ -204,20 +204,31 @@ class Block(nnx.Module):
     v = proj(attn.v_proj, "self_attn", "v_proj", h, 2).reshape(b, t, k_heads, e)
     q = apply_rope(q, ctx["positions"], ctx["inv_freq"])
     k = apply_rope(k, ctx["positions"], ctx["inv_freq"])
-    new_cache = None
-    if cache is not None:  # write this chunk's keys and values into this layer's cache slots, in place
-      idx, layer = ctx["cache_index"], cache["layer"]
-      k_all = jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype), (layer, 0, idx, 0, 0))
-      v_all = jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype), (layer, 0, idx, 0, 0))
-      new_cache = {"k": k_all, "v": v_all}
-      k = jax.lax.dynamic_index_in_dim(k_all, layer, keepdims=False).astype(x_btd.dtype)
-      v = jax.lax.dynamic_index_in_dim(v_all, layer, keepdims=False).astype(x_btd.dtype)
     q_btkge = q.reshape(b, t, k_heads, g, e)
-    scores = jnp.einsum("btkge,bske->bkgts", q_btkge, k, preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(e))
-    scores = jnp.where(ctx["mask_bts"][:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(x_btd.dtype)
-    out = jnp.einsum("bkgts,bske->btkge", probs, v).reshape(b, t, cfg.n_heads * e)
+    neg, scale_e = jnp.finfo(jnp.float32).min, 1.0 / jnp.sqrt(jnp.float32(e))
+    # Scores of this chunk's queries against this chunk's keys (causal, same segment).
+    s_new = jnp.einsum("btkge,bske->bkgts", q_btkge, k, preferred_element_type=jnp.float32) * scale_e
+    s_new = jnp.where(ctx["mask_bts"][:, None, None], s_new, neg)
+    if cache is None:
+      probs = jax.nn.softmax(s_new, axis=-1).astype(x_btd.dtype)
+      out = jnp.einsum("bkgts,bske->btkge", probs, v)
+      new_cache = None
+    else:
+      # Decoding: the cache (earlier chunks) is only read here; the new keys/values go back to the
+      # caller, which writes all layers' chunks into the cache in one in-place update. Softmax runs
+      # jointly over both key blocks, so no concatenated copy of the cache is ever made.
+      k_old, v_old = cache["k"].astype(x_btd.dtype), cache["v"].astype(x_btd.dtype)
+      s_old = jnp.einsum("btkge,bkse->bkgts", q_btkge, k_old, preferred_element_type=jnp.float32) * scale_e
+      s_old = jnp.where(ctx["mask_cache_bts"][:, None, None], s_old, neg)
+      m = jnp.maximum(jnp.max(s_old, axis=-1, keepdims=True), jnp.max(s_new, axis=-1, keepdims=True))
+      p_old, p_new = jnp.exp(s_old - m), jnp.exp(s_new - m)
+      denom = jnp.sum(p_old, axis=-1, keepdims=True) + jnp.sum(p_new, axis=-1, keepdims=True)
+      p_old, p_new = (p_old / denom).astype(x_btd.dtype), (p_new / denom).astype(x_btd.dtype)
+      out = jnp.einsum("bkgts,bkse->btkge", p_old, v_old) + jnp.einsum("bkgts,bske->btkge", p_new, v)
+      # Cache layout [B,K,S,E]: the dots read it as stored, with no per-token transpose of the cache.
+      new_cache = {"k": jnp.swapaxes(k, 1, 2).astype(cache["k"].dtype),
+                   "v": jnp.swapaxes(v, 1, 2).astype(cache["v"].dtype)}
+    out = out.reshape(b, t, cfg.n_heads * e)
     x_btd = x_btd + proj(attn.o_proj, "self_attn", "o_proj", out, 3)
 
     h = self.post_attention_layernorm(x_btd)
@@ -270,28 +281,22 @@ def attention_mask(q_segment_bt, k_segment_bs, q_slot_bt, k_slot_bs):
 
 def forward_hidden(cfg: ModelConfig, params: Params, tokens_bt, *, segment_ids=None, positions=None,
                    adapters=None, lora_cfg=None, dropout_rng=None, cache=None, cache_index=None,
-                   activation_sharding=None, unroll: int | bool = 1):
-  """Final-norm hidden states [B,T,D]; with `cache`, also the updated cache. See `forward`.
-
-  unroll: layers unrolled per scan step; decoding unrolls all, so XLA slices the stacked weights
-    in place instead of copying each layer's weights out of the stack every token.
-  """
+                   activation_sharding=None):
+  """Final-norm hidden states [B,T,D]; with `cache`, also the cache with this chunk written at
+  `cache_index` (all layers in one in-place update). See `forward`."""
   b, t = tokens_bt.shape
   dt = _dtype(cfg.dtype)
   if segment_ids is None:
     segment_ids = jnp.ones((b, t), jnp.int32)
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-  if cache is None:
-    slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    mask = attention_mask(segment_ids, segment_ids, slots, slots)
-  else:
-    s = cache["segment_ids"].shape[1]
-    k_segment = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32), (0, cache_index))
-    q_slots = cache_index + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    k_slots = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
-    mask = attention_mask(segment_ids, k_segment, q_slots, k_slots)
-  ctx = {"positions": positions, "inv_freq": rope_inv_freq(cfg), "mask_bts": mask, "cache_index": cache_index}
+  slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  mask = attention_mask(segment_ids, segment_ids, slots, slots)  # within this chunk: causal, same segment
+  mask_cache = None
+  if cache is not None:  # against earlier chunks: same non-zero segment (they all come before)
+    mask_cache = ((cache["segment_ids"][:, None, :] == segment_ids[:, :, None]) &
+                  (cache["segment_ids"][:, None, :] != 0))
+  ctx = {"positions": positions, "inv_freq": rope_inv_freq(cfg), "mask_bts": mask, "mask_cache_bts": mask_cache}
 
   x = params["embed_tokens"]["embedding"].astype(dt)[tokens_bt]
   graphdef = _block_graphdef(cfg)
@@ -300,27 +305,26 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens_bt, *, segment_ids=N
   layer_adapters = adapters["layers"] if adapters is not None else None
   layer_rngs = jax.random.split(dropout_rng, cfg.n_layers) if dropout_rng is not None else None
 
-  # The cache rides in the scan carry, so each layer updates its slots in place instead of the whole
-  # cache being sliced out and stacked back every step.
-  def body(carry, layer):
-    x_btd, kv = carry
-    p, ad, rng, i = layer
+  def body(x_btd, layer):
+    p, ad, rng, kv = layer
     if activation_sharding is not None:
       x_btd = jax.lax.with_sharding_constraint(x_btd, activation_sharding)
     block = nnx.merge(graphdef, p)
-    x_btd, kv = block(cfg, x_btd, ctx, ad, (scale, dropout, rng), None if kv is None else {**kv, "layer": i})
-    return (x_btd, kv), None
+    return block(cfg, x_btd, ctx, ad, (scale, dropout, rng), kv)
 
   if cfg.remat != "none":
     body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-  kv0 = {"k": cache["k"], "v": cache["v"]} if cache is not None else None
-  (x, new_kv), _ = jax.lax.scan(body, (x, kv0), (params["layers"], layer_adapters, layer_rngs,
-                                                 jnp.arange(cfg.n_layers)), unroll=unroll)
+  layer_cache = {"k": cache["k"], "v": cache["v"]} if cache is not None else None
+  x, chunk_kv = jax.lax.scan(body, x, (params["layers"], layer_adapters, layer_rngs, layer_cache))
   norm = nnx.merge(nnx.graphdef(RMSNorm(1, cfg.rms_eps, jnp.float32)), params["norm"])
   x = norm(x)
   if cache is None:
     return x
-  return x, {"k": new_kv["k"], "v": new_kv["v"], "segment_ids": k_segment}
+  at = (0, 0, 0, cache_index, 0)  # every layer's new chunk written at once, in place in the caller's loop
+  return x, {"k": jax.lax.dynamic_update_slice(cache["k"], chunk_kv["k"], at),
+             "v": jax.lax.dynamic_update_slice(cache["v"], chunk_kv["v"], at),
+             "segment_ids": jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32),
+                                                         (0, cache_index))}
 
 
 def logits_from_hidden(cfg: ModelConfig, params: Params, x_btd):
@@ -347,7 +351,7 @@ def forward(cfg: ModelConfig, params: Params, tokens, *, segment_ids=None, posit
 
 
 def init_cache(cfg: ModelConfig, batch: int, slots: int) -> dict:
-  """Empty KV cache: keys/values [L,B,S,K,E] in the compute dtype, segment ids [B,S] (0 = empty)."""
-  shape = (cfg.n_layers, batch, slots, cfg.n_kv_heads, cfg.head_dim)
+  """Empty KV cache: keys/values [L,B,K,S,E] in the compute dtype, segment ids [B,S] (0 = empty)."""
+  shape = (cfg.n_layers, batch, cfg.n_kv_heads, slots, cfg.head_dim)
   return {"k": jnp.zeros(shape, _dtype(cfg.dtype)), "v": jnp.zeros(shape, _dtype(cfg.dtype)),
           "segment_ids": jnp.zeros((batch, slots), jnp.int32)}
