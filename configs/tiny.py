@@ -10,7 +10,7 @@ from hinqa_jax.config import default_config
 def get_config():
   c = default_config()
   c.model.preset = "tiny"
-  c.data.seq_len = 256
+  c.data.seq_len = 384  # two bundled examples (~160 tokens each) per row
   c.train.num_steps = 20
   c.train.batch_size = 8
   c.train.learning_rate = 1e-3
