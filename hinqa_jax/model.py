@@ -206,17 +206,17 @@ class Block(nnx.Module):
     k = apply_rope(k, ctx["positions"], ctx["inv_freq"])
     q_btkge = q.reshape(b, t, k_heads, g, e)
     neg, scale_e = jnp.finfo(jnp.float32).min, 1.0 / jnp.sqrt(jnp.float32(e))
-    # Scores of this chunk's queries against this chunk's keys (causal, same segment).
-    s_new = jnp.einsum("btkge,bske->bkgts", q_btkge, k, preferred_element_type=jnp.float32) * scale_e
-    s_new = jnp.where(ctx["mask_bts"][:, None, None], s_new, neg)
     if cache is None:
-      probs = jax.nn.softmax(s_new, axis=-1).astype(x_btd.dtype)
-      out = jnp.einsum("bkgts,bske->btkge", probs, v)
+      out = _causal_attention(q_btkge, k, v, ctx["mask_bts"], scale_e)
       new_cache = None
     else:
       # Decoding: the cache (earlier chunks) is only read here; the new keys/values go back to the
       # caller, which writes all layers' chunks into the cache in one in-place update. Softmax runs
       # jointly over both key blocks, so no concatenated copy of the cache is ever made.
+      # Scores of this chunk's queries against this chunk's keys (causal, same segment) ...
+      s_new = jnp.einsum("btkge,bske->bkgts", q_btkge, k, preferred_element_type=jnp.float32) * scale_e
+      s_new = jnp.where(ctx["mask_bts"][:, None, None], s_new, neg)
+      # ... and against the earlier chunks in the cache.
       k_old, v_old = cache["k"].astype(x_btd.dtype), cache["v"].astype(x_btd.dtype)
       s_old = jnp.einsum("btkge,bkse->bkgts", q_btkge, k_old, preferred_element_type=jnp.float32) * scale_e
       s_old = jnp.where(ctx["mask_cache_bts"][:, None, None], s_old, neg)
@@ -237,6 +237,27 @@ class Block(nnx.Module):
     up = proj(mlp.up_proj, "mlp", "up_proj", h, 5)
     x_btd = x_btd + proj(mlp.down_proj, "mlp", "down_proj", jax.nn.silu(gate) * up, 6)
     return x_btd, new_cache
+
+
+ATTN_BLOCK = 128  # query block of the causal attention in training and prefill
+
+
+def _causal_attention(q_btkge, k_bske, v_bske, mask_bts, scale):
+  """Masked softmax attention within one chunk, by query blocks: block i reads only keys up to its end,
+  so the fully masked upper triangle is never computed (~40% less work at 512 tokens)."""
+  t = q_btkge.shape[1]
+  n_blocks = t // ATTN_BLOCK if t % ATTN_BLOCK == 0 else 1
+  size = t // n_blocks
+  neg = jnp.finfo(jnp.float32).min
+  outs = []
+  for i in range(n_blocks):
+    end = (i + 1) * size
+    q = q_btkge[:, i * size:end]
+    s = jnp.einsum("btkge,bske->bkgts", q, k_bske[:, :end], preferred_element_type=jnp.float32) * scale
+    s = jnp.where(mask_bts[:, None, None, i * size:end, :end], s, neg)
+    p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
+    outs.append(jnp.einsum("bkgts,bske->btkge", p, v_bske[:, :end]))
+  return outs[0] if n_blocks == 1 else jnp.concatenate(outs, axis=1)
 
 
 @functools.lru_cache(maxsize=None)
