@@ -209,11 +209,11 @@ def _subsets(config, workdir: Path, synthetic: list[str]) -> dict[str, list[str]
   """Synthetic file sets of the experiments: all, each teacher alone, and each ratio (seeded subsets)."""
   import random
 
-  from hinqa_jax import data
   sets = {"all": synthetic}
   if not (config.run.per_teacher or config.run.ratios):
     return sets
-  records = [(f, line) for f in synthetic for line in Path(f).read_text(encoding="utf-8").splitlines() if line.strip()]
+  lines = [line for f in synthetic for line in Path(f).read_text(encoding="utf-8").splitlines() if line.strip()]
+  sources = [json.loads(line).get("source", "unknown") for line in lines]
   out = workdir / "synthetic"
   out.mkdir(parents=True, exist_ok=True)
 
@@ -225,15 +225,14 @@ def _subsets(config, workdir: Path, synthetic: list[str]) -> dict[str, list[str]
     return str(path)
 
   if config.run.per_teacher:
-    for teacher in sorted({json.loads(line).get("source", "unknown") for _, line in records}):
+    for teacher in sorted(set(sources)):
       sets[f"teacher_{teacher}"] = [write(f"teacher_{teacher}",
-                                          [line for _, line in records if json.loads(line).get("source") == teacher])]
-  shuffled = [line for _, line in records]
+                                          [line for line, src in zip(lines, sources) if src == teacher])]
+  shuffled = list(lines)
   random.Random(config.seed).shuffle(shuffled)
   for ratio in config.run.ratios:
     pct = int(round(ratio * 100))
     sets[f"r{pct}"] = [write(f"ratio_{pct}", shuffled[:max(1, int(round(ratio * len(shuffled))))])]
-  del data
   return sets
 
 
@@ -260,15 +259,23 @@ def experiment_stages(config, synthetic_sets: dict[str, list[str]]) -> dict[str,
   return plan
 
 
-def load_adapters(stage_dir: str | os.PathLike, cfg, lcfg):
-  """The final adapters of a LoRA stage, on the default device."""
+def load_adapters(stage_dir: str | os.PathLike, cfg, lcfg=None):
+  """(final adapters of a LoRA stage on the default device, their LoraConfig).
+
+  The rank, alpha and targets come from the checkpoint's metadata unless `lcfg` is given, so
+  evaluation and export need no re-typing."""
   from jax.sharding import SingleDeviceSharding
 
   from hinqa_jax import checkpoint, lora
+  ckpt = Path(stage_dir) / "checkpoints"
+  if lcfg is None:
+    m = checkpoint.read_meta(checkpoint.manager(ckpt))["lora"]
+    lcfg = lora.LoraConfig(rank=m["rank"], alpha=m["alpha"], targets=tuple(m["targets"]), dropout=m["dropout"],
+                           rslora=m["rslora"])
   abstract = jax.eval_shape(lambda k: lora.init(cfg, lcfg, k), jax.random.key(0))
   dev = SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), abstract)
-  return checkpoint.restore_subtree(Path(stage_dir) / "checkpoints", "trainable", abstract)[0]
+  return checkpoint.restore_subtree(ckpt, "trainable", abstract)[0], lcfg
 
 
 def _splits(config) -> dict[str, str]:
@@ -277,44 +284,40 @@ def _splits(config) -> dict[str, str]:
 
 def evaluate(config, workdir: str | os.PathLike, stage: str | None = None, *, out_dir=None, base=None) -> dict:
   """Scores of a LoRA stage's adapters (default config.train.stage) on val, test1 and test2."""
-  from hinqa_jax import evaluate as evaluate_lib, hf, train as train_lib
+  from hinqa_jax import evaluate as evaluate_lib
   from hinqa_jax.tokenizer import load_tokenizer
   stage = stage or config.train.stage
   tok = load_tokenizer(config.tokenizer.path)
   cfg, params = base or _load_base_for_eval(config, len(tok))
-  lcfg = train_lib.lora_config(config)
-  adapters = load_adapters(Path(workdir) / stage, cfg, lcfg)
-  del hf
+  adapters, lcfg = load_adapters(Path(workdir) / stage, cfg)
   return evaluate_lib.evaluate_all(_splits(config), out_dir or Path(workdir) / "eval" / stage, cfg, params, tok,
                                    adapters=adapters, lora_cfg=lcfg, eval_cfg=config.eval,
                                    template=config.data.template, max_prompt_tokens=config.data.seq_len)
 
 
 def _load_base_for_eval(config, vocab: int):
-  from hinqa_jax import hf, train as train_lib
+  from hinqa_jax import hf, model, train as train_lib
   if config.model.hf_path:
     cfg, params = hf.load_hf(config.model.hf_path, param_dtype=config.model.param_dtype)
     return cfg.replace(dtype=config.model.dtype), params
   cfg = train_lib.model_config(config, vocab)
-  from hinqa_jax import model
   return cfg, model.init(cfg, jax.random.key(config.seed))
 
 
 def export(config, workdir: str | os.PathLike, stage: str | None = None, out_dir=None) -> dict:
   """Merged HF weights and a PEFT adapter of a stage, with the tokenizer; rank/alpha/targets from the checkpoint."""
-  from hinqa_jax import checkpoint, hf, lora
+  import dataclasses
+
+  from hinqa_jax import hf
+  from hinqa_jax.tokenizer import load_tokenizer
   stage = stage or config.train.stage
   out = Path(out_dir or Path(workdir) / "export" / stage)
-  meta = checkpoint.read_meta(checkpoint.manager(Path(workdir) / stage / "checkpoints"))
-  m = meta["lora"]
-  lcfg = lora.LoraConfig(rank=m["rank"], alpha=m["alpha"], targets=tuple(m["targets"]), dropout=m["dropout"],
-                         rslora=m["rslora"])
-  from hinqa_jax.tokenizer import load_tokenizer
   cfg, params = _load_base_for_eval(config, len(load_tokenizer(config.tokenizer.path)))
-  adapters = load_adapters(Path(workdir) / stage, cfg, lcfg)
+  adapters, lcfg = load_adapters(Path(workdir) / stage, cfg)
   hf.save_hf(out / "merged", cfg, params, adapters=adapters, lora_cfg=lcfg, tokenizer_dir=config.tokenizer.path)
   hf.save_peft(out / "peft", cfg, adapters, lcfg, base_model_name_or_path=config.model.hf_path or None)
-  return {"merged": str(out / "merged"), "peft": str(out / "peft"), "lora": m}
+  return {"merged": str(out / "merged"), "peft": str(out / "peft"),
+          "lora": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(lcfg).items()}}
 
 
 def convert(config, workdir: str | os.PathLike, hf_dir: str | None = None) -> dict:

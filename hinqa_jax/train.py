@@ -208,13 +208,14 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
   else:
     init_trainable = lambda k: frozen  # full training starts from the base weights
     frozen_arg = None
-  abstract = jax.eval_shape(lambda k: (lambda tr: {"step": jnp.int32(0), "trainable": tr,
-                                                   "opt_state": optimizer.init(tr)})(init_trainable(k)),
-                            jax.random.key(0))
+
+  def fresh_state(key):
+    trainable = init_trainable(key)
+    return {"step": jnp.int32(0), "trainable": trainable, "opt_state": optimizer.init(trainable)}
+
+  abstract = jax.eval_shape(fresh_state, jax.random.key(0))
   shardings = state_shardings(abstract, mesh)
-  init_state = jax.jit(lambda k: (lambda tr: {"step": jnp.int32(0), "trainable": tr,
-                                              "opt_state": optimizer.init(tr)})(init_trainable(k)),
-                       out_shardings=shardings)
+  init_state = jax.jit(fresh_state, out_shardings=shardings)
   mngr = checkpoint.manager(stage_dir / "checkpoints", keep=config.checkpoint.keep)
   if mngr.latest_step() is not None:
     checkpoint.check_compatible(checkpoint.read_meta(mngr), meta, str(mngr.directory))

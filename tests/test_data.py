@@ -408,8 +408,6 @@ def test_epochs_are_permutations_and_wrap_across_batches(packed):
 
 
 def test_bundled_set_packs_at_least_90_percent(tmp_path):
-  if not (BUNDLED / "train.json").exists():
-    pytest.skip("data/vatika_mini/train.json is absent (the bundled set is not written yet)")
   rebuilt = tokenizer_lib.build_bundled_tokenizer(out_dir=tmp_path / "tok")
   assert len(rebuilt) == 4096
   tok_dir = REPO / "data" / "tokenizer"

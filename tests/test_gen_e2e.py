@@ -7,13 +7,9 @@ skip and count a context longer than its window, and decode greedily the same wa
 import json
 import os
 
-import pytest
-
-pytest.importorskip("hinqa_jax.decode", reason="hinqa_jax.decode (the lead's decoder) has not landed yet")
-
-import gen  # noqa: E402
-from gen import backends, prompts  # noqa: E402
-from gen.synthesize import context_id  # noqa: E402
+import gen
+from gen import backends, prompts
+from gen.synthesize import context_id
 
 CTX_AARTI = ("दशाश्वमेध घाट पर गंगा आरती हर शाम सूर्यास्त के बाद होती है। आरती लगभग पैंतालीस मिनट तक चलती है। "
              "इसमें सात पुजारी बड़े दीपकों के साथ भाग लेते हैं।")

@@ -158,7 +158,6 @@ def test_unknown_teacher_in_only_is_an_error(tmp_path):
 
 
 def test_cli_synthesize_and_curate_against_local_endpoint(tmp_path):
-  pytest.importorskip("hinqa_jax.data")
   from test_gen_backends import Server  # the scripted OpenAI-compatible server
 
   def reply(body):  # a well-behaved teacher: grounded full-sentence pairs about the context
