@@ -50,15 +50,34 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any, step: int | None =
   return out["state"], out["meta"]
 
 
+def stored_shapes(directory: str | os.PathLike, step: int) -> dict:
+  """Path ("trainable/layers/...") -> shape of every array of a step's state, read from Orbax's metadata only."""
+  tree = ocp.StandardCheckpointHandler().metadata(Path(directory).absolute() / str(step) / "state")
+  tree = getattr(tree, "tree", tree)
+  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def restore_subtree(directory: str | os.PathLike, key: str, abstract: Any, expected_meta: dict | None = None):
-  """One entry of the latest state in a stage's checkpoint dir (M2 takes M1's adapters this way)."""
+  """(entry `key` of the latest state in a stage's checkpoint dir, meta), placed as `abstract`'s shardings say.
+
+  Only that entry is read (not the optimizer state), straight onto the target's devices: any mesh, any
+  number of processes, whatever mesh wrote it. Shapes are checked against the stored ones first."""
   mngr = manager(directory)
   step = mngr.latest_step()
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {directory} to start from")
+    raise FileNotFoundError(f"no checkpoint in {directory}")
   meta = read_meta(mngr, step)
   if expected_meta:
     check_compatible(meta, expected_meta, str(directory))
-  full = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  shardings = jax.tree.map(lambda a: a.sharding, abstract)
-  return jax.tree.map(lambda x, s: jax.device_put(x, s), full[key], shardings), meta
+  stored = stored_shapes(mngr.directory, step)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+    name = "/".join([key] + [str(getattr(k, "key", k)) for k in path])
+    got = stored.get(name)
+    if got != tuple(leaf.shape):
+      where = "is not in it" if got is None else f"has shape {got}"
+      raise ValueError(f"checkpoint {directory} (step {step}): {name} {where}, expected {tuple(leaf.shape)} from "
+                       f"its metadata (lora {meta.get('lora')}, model {meta.get('model')})")
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+  args = ocp.args.PyTreeRestore(item={key: abstract}, restore_args={key: restore_args}, partial_restore=True)
+  return mngr.restore(step, args=ocp.args.Composite(state=args))["state"][key], meta

@@ -12,8 +12,9 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hinqa_jax import model as model_lib
+from hinqa_jax import distributed, model as model_lib, sharding
 from hinqa_jax.model import ModelConfig, Params
 
 
@@ -76,14 +77,27 @@ def _generate(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segment_b
   return out, n
 
 
+def _on_mesh(mesh, cfg: ModelConfig, tokens_bp: np.ndarray, segment_bp: np.ndarray, slots: int):
+  """Prompt rows split over the mesh's batch axes, each process placing its own rows, and an empty KV
+  cache created already split the same way (init_cache's layout: k/v [L,B,K,S,E], segment_ids [B,S])."""
+  rows = NamedSharding(mesh, P(sharding.BATCH_AXES, None))
+  kv = NamedSharding(mesh, P(None, sharding.BATCH_AXES, None, None, None))
+  place = lambda a: jax.make_array_from_callback(a.shape, rows, lambda idx: a[idx])  # noqa: E731
+  cache = jax.jit(lambda: model_lib.init_cache(cfg, tokens_bp.shape[0], slots),
+                  out_shardings={"k": kv, "v": kv, "segment_ids": rows})()
+  return place(tokens_bp), place(segment_bp), cache
+
+
 def generate(cfg: ModelConfig, params: Params, prompts: Sequence[Sequence[int]], max_new_tokens: int = 32, *,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
              eos_ids: Sequence[int] | None = None, adapters: Params | None = None, lora_cfg=None,
-             length_multiple: int = 16) -> list[list[int]]:
+             length_multiple: int = 16, mesh=None) -> list[list[int]]:
   """New tokens for each prompt, greedy by default, cut before the first stop id (not included).
 
   eos_ids: stop ids (default cfg.eos_ids; Llama-3.1 ends a turn with any of 128001/128008/128009).
   length_multiple: prompts are left-padded to a multiple of this, so few distinct shapes compile.
+  mesh: rows (and the KV cache) split over its (data, fsdp) axes, params placed on it as in training;
+    every process passes the same prompts and gets every row's tokens back.
   """
   if not prompts:
     return []
@@ -95,17 +109,24 @@ def generate(cfg: ModelConfig, params: Params, prompts: Sequence[Sequence[int]],
   if longest + max_new_tokens > cfg.max_seq_len:
     raise ValueError(f"generate: prompt of {longest} tokens + {max_new_tokens} new exceeds max_seq_len {cfg.max_seq_len}")
   stops = list(cfg.eos_ids if eos_ids is None else eos_ids) or [-1]
+  n_prompts = len(prompts)
+  if mesh is not None:  # copies of the last prompt fill the rows up to a multiple of the batch shards
+    prompts = list(prompts) + [prompts[-1]] * (-n_prompts % sharding.batch_divisor(mesh))
   p = _bucket(longest, length_multiple)
   tokens = np.zeros((len(prompts), p), np.int32)
   segments = np.zeros((len(prompts), p), np.int32)
   for row, q in enumerate(prompts):
     tokens[row, p - len(q):] = q
     segments[row, p - len(q):] = 1
-  out, n = _generate(cfg, params, adapters, lora_cfg, jnp.asarray(tokens), jnp.asarray(segments),
-                     jnp.asarray(stops, jnp.int32), jax.random.key(seed),
-                     model_lib.init_cache(cfg, len(prompts), p + max_new_tokens), max_new_tokens=max_new_tokens,
+  if mesh is None:
+    tokens, segments = jnp.asarray(tokens), jnp.asarray(segments)
+    cache = model_lib.init_cache(cfg, len(prompts), p + max_new_tokens)
+  else:
+    tokens, segments, cache = _on_mesh(mesh, cfg, tokens, segments, p + max_new_tokens)
+  out, n = _generate(cfg, params, adapters, lora_cfg, tokens, segments,
+                     jnp.asarray(stops, jnp.int32), jax.random.key(seed), cache, max_new_tokens=max_new_tokens,
                      temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
-  out = np.asarray(out)[:, :int(n)]
+  out = distributed.to_host(out)[:n_prompts, :int(n)]
   stop_set = set(stops)
   results = []
   for row in out.tolist():

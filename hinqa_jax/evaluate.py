@@ -1,5 +1,8 @@
 """Evaluation: batched greedy generation over val / test1 / test2, predictions saved beside references, scores.
 
+On N processes every process reads the same records and takes part in every generate call (rows split
+over the mesh's batch axes, weights sharded as in training); each gets all answers back, and process 0
+alone writes the predictions, scores them and hands the scores to the others.
 A split with no records, an empty prediction or a missing BERTScore model is reported in the results,
 never a crash.
 """
@@ -11,27 +14,62 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 from tqdm import tqdm
 
-from hinqa_jax import data, decode, metrics
+from hinqa_jax import data, decode, distributed, metrics
 from hinqa_jax.tokenizer import stop_ids
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test1", "test2")
 
 
+# ----------------------------------------------------------------------------- a trained LoRA stage on the mesh
+def load_adapters(stage_dir: str | os.PathLike, cfg, lcfg=None, mesh=None):
+  """(final adapters of a LoRA stage, their LoraConfig), restored onto `mesh` sharded as in training.
+
+  The rank, alpha and targets come from the checkpoint's metadata unless `lcfg` is given, so evaluation
+  and export need no re-typing; a checkpoint of another model, a full-training stage or arrays that do
+  not match their metadata are refused before anything is read. Any mesh, any number of processes
+  (default mesh: every device, data parallel)."""
+  from hinqa_jax import checkpoint, lora, sharding, train as train_lib
+  ckpt = Path(stage_dir) / "checkpoints"
+  if not ckpt.is_dir():
+    raise FileNotFoundError(f"stage {Path(stage_dir).name}: no checkpoints at {ckpt} (train it first)")
+  meta = checkpoint.read_meta(checkpoint.manager(ckpt))
+  if lcfg is None:
+    if meta.get("mode") != "lora":
+      raise ValueError(f"checkpoint {ckpt}: a {meta.get('mode')} training stage, not LoRA adapters")
+    m = meta["lora"]
+    lcfg = lora.LoraConfig(rank=m["rank"], alpha=m["alpha"], targets=tuple(m["targets"]), dropout=m["dropout"],
+                           rslora=m["rslora"])
+  expected = train_lib.meta_of(None, cfg, lcfg, "lora")
+  mesh = mesh or sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  abstract = jax.eval_shape(lambda k: lora.init(cfg, lcfg, k), jax.random.key(0))
+  abstract = sharding.like_tree(abstract, sharding.tree_shardings(abstract, mesh))
+  return checkpoint.restore_subtree(ckpt, "trainable", abstract, expected_meta=expected)[0], lcfg
+
+
+def load_stage(config, workdir: str | os.PathLike, stage: str, mesh, vocab: int):
+  """(cfg, base params, adapters, LoraConfig) of a trained stage on `mesh`: the adapters first (their checks
+  are cheap), then the base created or read already sharded, exactly as training had it."""
+  from hinqa_jax import train as train_lib
+  cfg = train_lib.model_config(config, vocab)
+  adapters, lcfg = load_adapters(Path(workdir) / stage, cfg, mesh=mesh)
+  return cfg, train_lib.load_base(config, cfg, mesh), adapters, lcfg
+
+
+# ----------------------------------------------------------------------------- generation and scores
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
+  distributed.write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def predict(cfg, params, tokenizer, records: list[data.Record], *, adapters=None, lora_cfg=None,
             template: str = "auto", max_new_tokens: int = 64, batch_size: int = 16, max_prompt_tokens: int | None = None,
-            progress: bool = True, desc: str = "generate") -> list[str]:
-  """Greedy answers for records, in their order. Prompts are batched by length to waste little padding."""
+            progress: bool = True, desc: str = "generate", mesh=None) -> list[str]:
+  """Greedy answers for records, in their order. Prompts are batched by length to waste little padding.
+
+  mesh: generate on it (see decode.generate); call it on every process then, with the same records."""
   budget = min(cfg.max_seq_len, max_prompt_tokens or cfg.max_seq_len) - max_new_tokens
   prompts = []
   for r in records:
@@ -44,10 +82,10 @@ def predict(cfg, params, tokenizer, records: list[data.Record], *, adapters=None
   order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
   answers: list[str] = [""] * len(records)
   stops = stop_ids(tokenizer)
-  for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
+  for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress or not distributed.is_main()):
     idx = order[start:start + batch_size]
     outs = decode.generate(cfg, params, [prompts[i] for i in idx], max_new_tokens, eos_ids=stops,
-                           adapters=adapters, lora_cfg=lora_cfg)
+                           adapters=adapters, lora_cfg=lora_cfg, mesh=mesh)
     for i, toks in zip(idx, outs):
       answers[i] = tokenizer.decode(toks, skip_special_tokens=True).strip()
   return answers
@@ -55,10 +93,8 @@ def predict(cfg, params, tokenizer, records: list[data.Record], *, adapters=None
 
 def evaluate_split(name: str, records: list[data.Record], out_dir: str | os.PathLike, cfg, params, tokenizer, *,
                    adapters=None, lora_cfg=None, eval_cfg=None, template: str = "auto", max_prompt_tokens=None,
-                   progress: bool = True) -> dict[str, Any]:
-  """Predict, save `<out_dir>/<name>.predictions.jsonl`, score. Returns the split's scores."""
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+                   progress: bool = True, mesh=None) -> dict[str, Any]:
+  """Predict, save `<out_dir>/<name>.predictions.jsonl`, score. Returns the split's scores (on every process)."""
   e = eval_cfg
   if e is not None and e.max_examples:
     records = records[:e.max_examples]
@@ -66,17 +102,22 @@ def evaluate_split(name: str, records: list[data.Record], out_dir: str | os.Path
     return {"n": 0, "note": f"split {name}: no records"}
   answers = predict(cfg, params, tokenizer, records, adapters=adapters, lora_cfg=lora_cfg, template=template,
                     max_new_tokens=e.max_new_tokens if e else 64, batch_size=e.batch_size if e else 16,
-                    max_prompt_tokens=max_prompt_tokens, progress=progress, desc=f"eval {name}")
-  _write_jsonl(out_dir / f"{name}.predictions.jsonl",
-               [{"id": r.id, "domain": r.domain, "question": r.question, "reference": r.answer, "prediction": a}
-                for r, a in zip(records, answers)])
-  scores = metrics.score(answers, [r.answer for r in records],
-                         bertscore_model=(e.bertscore_model or None) if e else None,
-                         bertscore_layer=e.bertscore_layer if e else 9)
-  empty = sum(1 for a in answers if not a)
-  if empty:
-    scores["empty_predictions"] = empty
-  return scores
+                    max_prompt_tokens=max_prompt_tokens, progress=progress, desc=f"eval {name}", mesh=mesh)
+
+  def save_and_score() -> dict:
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    _write_jsonl(Path(out_dir) / f"{name}.predictions.jsonl",
+                 [{"id": r.id, "domain": r.domain, "question": r.question, "reference": r.answer, "prediction": a}
+                  for r, a in zip(records, answers)])
+    scores = metrics.score(answers, [r.answer for r in records],
+                           bertscore_model=(e.bertscore_model or None) if e else None,
+                           bertscore_layer=e.bertscore_layer if e else 9)
+    empty = sum(1 for a in answers if not a)
+    if empty:
+      scores["empty_predictions"] = empty
+    return scores
+
+  return distributed.main_only(f"score {name}", save_and_score)
 
 
 def evaluate_all(split_paths: dict[str, str], out_dir: str | os.PathLike, cfg, params, tokenizer, **kw) -> dict:
@@ -92,5 +133,10 @@ def evaluate_all(split_paths: dict[str, str], out_dir: str | os.PathLike, cfg, p
       results[name] = {"n": 0, "note": f"split {name}: {err}"}
       continue
     results[name] = evaluate_split(name, records, out_dir, cfg, params, tokenizer, **kw)
-  (Path(out_dir) / "scores.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
+
+  def save() -> None:
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    distributed.write_atomic(Path(out_dir) / "scores.json", json.dumps(results, indent=2, ensure_ascii=False))
+
+  distributed.main_only("scores.json", save)
   return results

@@ -19,7 +19,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from hinqa_jax import model as model_lib
+from hinqa_jax import distributed, model as model_lib
 from hinqa_jax.model import ModelConfig, Params
 
 # Our path (stacked over layers when it starts with "layers") -> HF tensor name; HF Linear weights are [out, in],
@@ -199,15 +199,32 @@ def _publish(tmp: Path, out_dir: Path):
   os.replace(tmp, out_dir)
 
 
-def _hf_tensors(cfg: ModelConfig, params: Params, dtype) -> dict[str, np.ndarray]:
-  out = {}
-  for name, (_, p, layer, transpose) in _expected_tensors(cfg).items():
-    leaf = params
-    for k in p:
-      leaf = leaf[k]
-    a = np.asarray(jax.device_get(leaf if layer is None else leaf[layer])).astype(dtype)
-    out[name] = np.ascontiguousarray(a.T if transpose else a)
-  return out
+def _hf_tensor(params: Params, spec: tuple, adapters, lcfg, dtype) -> np.ndarray:
+  """One HF tensor on the host: gathered from however it is sharded, LoRA merged in float32, then cast."""
+  _, p, layer, transpose = spec
+  leaf = params
+  for k in p:
+    leaf = leaf[k]
+  w = distributed.to_host(leaf if layer is None else leaf[layer])
+  ad = adapters["layers"].get(p[1], {}).get(p[2]) if adapters is not None and p[0] == "layers" else None
+  if ad is not None:
+    from hinqa_jax import lora
+    w = lora.merged_kernel(w, ad["a"][layer], ad["b"][layer], lcfg)
+  w = w.astype(dtype)
+  return np.ascontiguousarray(w.T if transpose else w)
+
+
+def _plan_shards(nbytes: dict[str, int], max_shard_bytes: int) -> list[list[str]]:
+  """Tensor names in file order, cut into shards of at most max_shard_bytes (one tensor may exceed it alone)."""
+  shards: list[list[str]] = [[]]
+  size = 0
+  for name, n in nbytes.items():
+    if shards[-1] and size + n > max_shard_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append(name)
+    size += n
+  return shards
 
 
 def save_hf(out_dir: str | os.PathLike, cfg: ModelConfig, params: Params, *, adapters=None, lora_cfg=None,
@@ -215,54 +232,60 @@ def save_hf(out_dir: str | os.PathLike, cfg: ModelConfig, params: Params, *, ada
             max_shard_bytes: int = 2 * 1024**3) -> Path:
   """Write a transformers-loadable directory: config.json, generation_config.json, sharded safetensors.
 
-  With adapters, LoRA is merged into the weights first (W + scale * A @ B). The directory appears
-  whole or not at all (written beside it, then renamed).
+  Call it from every process, with params and adapters sharded however they are. Tensor by tensor,
+  each is gathered to the host, merged with its LoRA update in float32 (W + scale * A @ B), cast to
+  `dtype` (default cfg.param_dtype; a bfloat16 export rounds the merged sum) and written by process 0
+  alone, one safetensors shard at a time: no process holds more than one shard, no device more than
+  one tensor. The directory appears whole or not at all (written beside it, then renamed); every
+  process returns once it is there.
   """
   out_dir = Path(out_dir)
-  if adapters is not None:
-    from hinqa_jax import lora
-    params = lora.merge(params, adapters, lora_cfg)
-  dtype = dtype or cfg.param_dtype
-  np_dtype = jnp.dtype(dtype)
-  tensors = _hf_tensors(cfg, params, np_dtype)
-  tmp = _atomic_dir(out_dir)
+  np_dtype = jnp.dtype(dtype or cfg.param_dtype)
+  expected = _expected_tensors(cfg)
+  host_adapters = None if adapters is None else jax.tree.map(distributed.to_host, adapters)
+  nbytes = {name: int(np.prod(spec[0])) * np_dtype.itemsize for name, spec in expected.items()}
+  shards = _plan_shards(nbytes, max_shard_bytes)
+  main = distributed.is_main()
+  tmp = _atomic_dir(out_dir) if main else None
   try:
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    for name, a in tensors.items():
-      if shards[-1] and size + a.nbytes > max_shard_bytes:
-        shards.append({})
-        size = 0
-      shards[-1][name] = a
-      size += a.nbytes
     weight_map = {}
-    for i, shard in enumerate(shards):
+    for i, names in enumerate(shards):
       fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-      save_file(shard, str(tmp / fname), metadata={"format": "pt"})
-      weight_map.update({name: fname for name in shard})
-    if len(shards) > 1:
-      total = sum(a.nbytes for a in tensors.values())
-      (tmp / "model.safetensors.index.json").write_text(
-          json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg, str(np_dtype)), indent=2))
-    gen = {"bos_token_id": cfg.bos_id if cfg.bos_id >= 0 else None,
-           "eos_token_id": list(cfg.eos_ids) if len(cfg.eos_ids) != 1 else cfg.eos_ids[0], "do_sample": False}
-    (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
-    if tokenizer_dir is not None:
-      for f in _TOKENIZER_FILES:
-        if (Path(tokenizer_dir) / f).exists():
-          shutil.copy2(Path(tokenizer_dir) / f, tmp / f)
-    _publish(tmp, out_dir)
+      shard = {}
+      for name in names:  # every process takes part in each gather; process 0 keeps the tensors
+        tensor = _hf_tensor(params, expected[name], host_adapters, lora_cfg, np_dtype)
+        if main:
+          shard[name] = tensor
+      if main:
+        save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+      weight_map.update({name: fname for name in names})
+    if main:
+      if len(shards) > 1:
+        (tmp / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map}, indent=2))
+      (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg, str(np_dtype)), indent=2))
+      gen = {"bos_token_id": cfg.bos_id if cfg.bos_id >= 0 else None,
+             "eos_token_id": list(cfg.eos_ids) if len(cfg.eos_ids) != 1 else cfg.eos_ids[0], "do_sample": False}
+      (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+      if tokenizer_dir is not None:
+        for f in _TOKENIZER_FILES:
+          if (Path(tokenizer_dir) / f).exists():
+            shutil.copy2(Path(tokenizer_dir) / f, tmp / f)
+      _publish(tmp, out_dir)
   except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp is not None:
+      shutil.rmtree(tmp, ignore_errors=True)
     raise
+  distributed.barrier(f"save_hf {out_dir}")
   return out_dir
 
 
 # ----------------------------------------------------------------------------- PEFT adapters
 def save_peft(out_dir: str | os.PathLike, cfg: ModelConfig, adapters: Params, lcfg,
               base_model_name_or_path: str | None = None) -> Path:
-  """adapter_config.json + adapter_model.safetensors that `peft.PeftModel.from_pretrained` loads."""
+  """adapter_config.json + adapter_model.safetensors that `peft.PeftModel.from_pretrained` loads.
+
+  Call it from every process; process 0 writes, the others return once the directory is there."""
   out_dir = Path(out_dir)
   config = {
       "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lcfg.rank, "lora_alpha": lcfg.alpha,
@@ -272,19 +295,21 @@ def save_peft(out_dir: str | os.PathLike, cfg: ModelConfig, adapters: Params, lc
   }
   tensors = {}
   for group, projs in adapters["layers"].items():
-    for name, ad in projs.items():
-      a = np.asarray(jax.device_get(ad["a"]), np.float32)  # [L, D_in, R]
-      b = np.asarray(jax.device_get(ad["b"]), np.float32)  # [L, R, D_out]
+    for name, ad in projs.items():  # gathered on every process, whatever the sharding
+      a = distributed.to_host(ad["a"]).astype(np.float32)  # [L, D_in, R]
+      b = distributed.to_host(ad["b"]).astype(np.float32)  # [L, R, D_out]
       for i in range(cfg.n_layers):
         prefix = f"base_model.model.model.layers.{i}.{group}.{name}"
         tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(a[i].T)  # PEFT: A [R, D_in], B [D_out, R]
         tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b[i].T)
-  tmp = _atomic_dir(out_dir)
-  try:
-    save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    _publish(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+  if distributed.is_main():
+    tmp = _atomic_dir(out_dir)
+    try:
+      save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+      (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
+      _publish(tmp, out_dir)
+    except BaseException:
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise
+  distributed.barrier(f"save_peft {out_dir}")
   return out_dir

@@ -12,6 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hinqa_jax.model import ModelConfig, Params
 
@@ -66,15 +67,13 @@ def init(cfg: ModelConfig, lcfg: LoraConfig, key: jax.Array, dtype=jnp.float32) 
   return {"layers": tree}
 
 
-def merge(params: Params, adapters: Params, lcfg: LoraConfig) -> Params:
-  """Base params with W + scale * A @ B folded in (a new tree; the input is untouched)."""
-  layers = jax.tree.map(lambda x: x, params["layers"])  # copy the dict structure, share the leaves
-  for group, projs in adapters["layers"].items():
-    for name, ad in projs.items():
-      w = layers[group][name]["kernel"]
-      delta = jnp.einsum("lir,lro->lio", ad["a"].astype(jnp.float32), ad["b"].astype(jnp.float32))
-      layers[group][name] = {"kernel": (w.astype(jnp.float32) + lcfg.scale * delta).astype(w.dtype)}
-  return {**params, "layers": layers}
+def merged_kernel(w_io, a_ir, b_ro, lcfg: LoraConfig) -> np.ndarray:
+  """One layer's [D_in, D_out] kernel with its update folded in, W + scale * A @ B, in float32 on the host.
+
+  On the host on purpose: a float32 matmul on TPU runs in bfloat16 passes by default, which would
+  change the update the model was scored with. The caller casts the sum to the export dtype."""
+  a, b = np.asarray(a_ir, np.float32), np.asarray(b_ro, np.float32)
+  return np.asarray(w_io, np.float32) + np.float32(lcfg.scale) * (a @ b)
 
 
 def count(adapters: Params) -> int:

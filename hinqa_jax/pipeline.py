@@ -3,6 +3,10 @@
 Every step writes under the workdir and is skipped when its output exists for the same inputs: a
 packed data dir is keyed by the hash of what produced it, a stage by its config (a changed config
 re-runs the stage and what depends on it).
+
+Every command runs the same on 1 process or N, on the mesh of config.mesh: training, evaluation and
+export are SPMD over all processes; process 0 alone writes shared files and decides what is skipped,
+the others wait for it (distributed.main_only), as distributed.py describes.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from typing import Any
 
 import jax
 
+from hinqa_jax import distributed
+
 log = logging.getLogger(__name__)
 
 
@@ -24,12 +30,6 @@ def _hash(obj: Any) -> str:
 
 def _to_plain(config) -> dict:
   return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
-
-
-def _barrier(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
 
 
 def _file_digest(path: str) -> str:
@@ -50,11 +50,14 @@ def prepare(config, workdir: str | os.PathLike, files: tuple[str, ...] | None = 
   files = tuple(files if files is not None else tuple(config.data.train) + tuple(config.data.synthetic))
   key = data_key(config, files)
   out = Path(workdir) / "data" / key
-  if jax.process_index() == 0 and not (out / "manifest.json").exists():
-    with config.unlocked():
-      config.data.train, config.data.synthetic = files, ()
-    packing.prepare(config, out)
-  _barrier(f"prepare-{key}")
+
+  def pack() -> None:
+    if not (out / "manifest.json").exists():
+      with config.unlocked():
+        config.data.train, config.data.synthetic = files, ()
+      packing.prepare(config, out)
+
+  distributed.main_only(f"prepare {key}", pack)
   manifest = json.loads((out / "manifest.json").read_text())
   return {"data_dir": str(out), **{k: manifest[k] for k in manifest if k in (
       "num_examples", "num_rows", "packing_efficiency", "seq_len", "tokenizer_hash")}}
@@ -83,22 +86,28 @@ def _stage_key(config, extra: dict) -> str:
 
 def _cached(stage_dir: Path, key: str, fn) -> dict:
   """fn() once per key: a finished stage with the same key is skipped, a changed key re-runs from scratch,
-  an unfinished stage with the same key resumes (its checkpoints are kept)."""
+  an unfinished stage with the same key resumes (its checkpoints are kept). Process 0 decides and
+  writes the markers; fn runs on every process."""
   done, started = stage_dir / "stage.json", stage_dir / "stage_key"
-  if done.exists() and json.loads(done.read_text())["key"] == key:
+
+  def begin() -> dict | None:
+    if done.exists() and json.loads(done.read_text())["key"] == key:
+      return json.loads(done.read_text())
+    if started.exists() and started.read_text() != key:
+      import shutil
+      log.info("%s: config changed, re-running", stage_dir.name)
+      shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    distributed.write_atomic(started, key)
+    return None
+
+  finished = distributed.main_only(f"begin {stage_dir.name}", begin)
+  if finished is not None:
     log.info("%s: up to date, skipped", stage_dir.name)
-    return json.loads(done.read_text())["result"]
-  if started.exists() and started.read_text() != key:
-    import shutil
-    log.info("%s: config changed, re-running", stage_dir.name)
-    shutil.rmtree(stage_dir)
-  stage_dir.mkdir(parents=True, exist_ok=True)
-  started.write_text(key)
+    return finished["result"]
   result = fn()
-  if jax.process_index() == 0:
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "result": result}, indent=2, default=str))
-    os.replace(tmp, done)
+  distributed.main_only(f"done {stage_dir.name}", lambda: distributed.write_atomic(
+      done, json.dumps({"key": key, "result": result}, indent=2, default=str)))
   return result
 
 
@@ -121,8 +130,12 @@ def _tokenizer(config, workdir: Path) -> str:
     return str(config.tokenizer.path)
   from hinqa_jax import tokenizer
   out = workdir / "tokenizer"
-  if not (out / "tokenizer.json").exists():
-    tokenizer.build_bundled_tokenizer(train_path=config.data.train[0], out_dir=out)
+
+  def build() -> None:
+    if not (out / "tokenizer.json").exists():
+      tokenizer.build_bundled_tokenizer(train_path=config.data.train[0], out_dir=out)
+
+  distributed.main_only("tokenizer", build)
   return str(out)
 
 
@@ -136,8 +149,9 @@ def _full_stage(config, workdir: Path, name: str, examples_fn, seq_len: int, ste
   hf_dir = workdir / name / "hf"
 
   def go():
-    data_dir = bootstrap.write_examples(examples_fn(), workdir / "data" / f"{name}-{_hash(seq_len)}",
-                                        c.tokenizer.path, seq_len)
+    data_dir = workdir / "data" / f"{name}-{_hash(seq_len)}"
+    distributed.main_only(f"pack {name}", lambda: bootstrap.write_examples(examples_fn(), data_dir, c.tokenizer.path,
+                                                                         seq_len))
     from hinqa_jax.tokenizer import load_tokenizer
     vocab = len(load_tokenizer(c.tokenizer.path))
     out = train_lib.run_stage(c, workdir, name, packing.PackedDataset(data_dir), mode="full", vocab_size=vocab)
@@ -191,12 +205,12 @@ def _synthetic(config, workdir: Path) -> list[str]:
                "gen": _to_plain(gen_cfg)})
   curated = workdir / "gen" / "curated" / "synthetic.jsonl"
 
-  def go():
+  def go():  # the teachers generate on process 0's devices alone; gen writes its files unaware of processes
     gen.synthesize(gen_cfg)
     report = gen.curate(gen_cfg)
     return {"curated": str(curated), "report": {k: report.get(k) for k in ("totals", "per_teacher") if k in report}}
 
-  _cached(workdir / "gen", key, go)
+  _cached(workdir / "gen", key, lambda: distributed.main_only("synthesize", go))
   return [str(curated)]
 
 
@@ -218,11 +232,7 @@ def _subsets(config, workdir: Path, synthetic: list[str]) -> dict[str, list[str]
   out.mkdir(parents=True, exist_ok=True)
 
   def write(name: str, lines: list[str]) -> str:
-    path = out / f"{name}.jsonl"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
-    return str(path)
+    return str(distributed.write_atomic(out / f"{name}.jsonl", "".join(line + "\n" for line in lines)))
 
   if config.run.per_teacher:
     for teacher in sorted(set(sources)):
@@ -259,61 +269,72 @@ def experiment_stages(config, synthetic_sets: dict[str, list[str]]) -> dict[str,
   return plan
 
 
-def load_adapters(stage_dir: str | os.PathLike, cfg, lcfg=None):
-  """(final adapters of a LoRA stage on the default device, their LoraConfig).
+# ----------------------------------------------------------------------------- a trained LoRA stage on the mesh
+def make_mesh(config):
+  """The mesh of config.mesh over every device of every process, or a clear error before any work."""
+  from hinqa_jax import sharding
+  try:
+    return sharding.make_mesh(dict(config.mesh))
+  except ValueError as err:
+    raise ValueError(f"config.mesh does not fit this job's {jax.device_count()} device(s) ({jax.process_count()} "
+                     f"process(es) x {jax.local_device_count()}): {err}") from None
 
-  The rank, alpha and targets come from the checkpoint's metadata unless `lcfg` is given, so
-  evaluation and export need no re-typing."""
-  from jax.sharding import SingleDeviceSharding
 
-  from hinqa_jax import checkpoint, lora
-  ckpt = Path(stage_dir) / "checkpoints"
-  if lcfg is None:
-    m = checkpoint.read_meta(checkpoint.manager(ckpt))["lora"]
-    lcfg = lora.LoraConfig(rank=m["rank"], alpha=m["alpha"], targets=tuple(m["targets"]), dropout=m["dropout"],
-                           rslora=m["rslora"])
-  abstract = jax.eval_shape(lambda k: lora.init(cfg, lcfg, k), jax.random.key(0))
-  dev = SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), abstract)
-  return checkpoint.restore_subtree(ckpt, "trainable", abstract)[0], lcfg
+def _made_here(config, workdir: Path):
+  """config pointing at the tokenizer and base that `run` made in workdir, where the config makes them."""
+  import copy
+  c = copy.deepcopy(config)
+  if not c.tokenizer.path:
+    c.tokenizer.path = str(workdir / "tokenizer")
+  if c.pretrain.steps > 0 and not c.model.hf_path:
+    c.model.hf_path = str(workdir / "base" / "hf")
+  for what, path, needed in (("tokenizer", c.tokenizer.path, "tokenizer.json"), ("base", c.model.hf_path, "config.json")):
+    if path and not (Path(path) / needed).exists():
+      raise FileNotFoundError(f"{what} {path}: no {needed} there (run `python -m hinqa_jax run` on this workdir "
+                              f"first, or set config.{'tokenizer.path' if what == 'tokenizer' else 'model.hf_path'})")
+  return c
 
 
 def _splits(config) -> dict[str, str]:
   return {s: config.data[s] for s in ("val", "test1", "test2")}
 
 
-def evaluate(config, workdir: str | os.PathLike, stage: str | None = None, *, out_dir=None, base=None) -> dict:
-  """Scores of a LoRA stage's adapters (default config.train.stage) on val, test1 and test2."""
+def evaluate(config, workdir: str | os.PathLike, stage: str | None = None, *, out_dir=None, base=None,
+             mesh=None) -> dict:
+  """Scores of a LoRA stage's adapters (default config.train.stage) on val, test1 and test2, on the mesh
+  of config.mesh (every process calls it; process 0 writes WORKDIR/eval/<stage>/)."""
   from hinqa_jax import evaluate as evaluate_lib
   from hinqa_jax.tokenizer import load_tokenizer
+  workdir = Path(workdir)
+  config = _made_here(config, workdir)
   stage = stage or config.train.stage
+  mesh = mesh or make_mesh(config)
   tok = load_tokenizer(config.tokenizer.path)
-  cfg, params = base or _load_base_for_eval(config, len(tok))
-  adapters, lcfg = load_adapters(Path(workdir) / stage, cfg)
-  return evaluate_lib.evaluate_all(_splits(config), out_dir or Path(workdir) / "eval" / stage, cfg, params, tok,
-                                   adapters=adapters, lora_cfg=lcfg, eval_cfg=config.eval,
+  if base is None:
+    cfg, params, adapters, lcfg = evaluate_lib.load_stage(config, workdir, stage, mesh, len(tok))
+  else:  # `run` evaluates several stages on one base
+    (cfg, params), (adapters, lcfg) = base, evaluate_lib.load_adapters(workdir / stage, base[0], mesh=mesh)
+  return evaluate_lib.evaluate_all(_splits(config), out_dir or workdir / "eval" / stage, cfg, params, tok,
+                                   adapters=adapters, lora_cfg=lcfg, eval_cfg=config.eval, mesh=mesh,
                                    template=config.data.template, max_prompt_tokens=config.data.seq_len)
 
 
-def _load_base_for_eval(config, vocab: int):
-  from hinqa_jax import hf, model, train as train_lib
-  if config.model.hf_path:
-    cfg, params = hf.load_hf(config.model.hf_path, param_dtype=config.model.param_dtype)
-    return cfg.replace(dtype=config.model.dtype), params
-  cfg = train_lib.model_config(config, vocab)
-  return cfg, model.init(cfg, jax.random.key(config.seed))
+def export(config, workdir: str | os.PathLike, stage: str | None = None, out_dir=None, mesh=None) -> dict:
+  """Merged HF weights and a PEFT adapter of a stage, with the tokenizer; rank/alpha/targets from the checkpoint.
 
-
-def export(config, workdir: str | os.PathLike, stage: str | None = None, out_dir=None) -> dict:
-  """Merged HF weights and a PEFT adapter of a stage, with the tokenizer; rank/alpha/targets from the checkpoint."""
+  Every process calls it on the mesh of config.mesh; weights are gathered tensor by tensor and written by
+  process 0 (hf.save_hf)."""
   import dataclasses
 
-  from hinqa_jax import hf
+  from hinqa_jax import evaluate as evaluate_lib, hf
   from hinqa_jax.tokenizer import load_tokenizer
+  workdir = Path(workdir)
+  config = _made_here(config, workdir)
   stage = stage or config.train.stage
-  out = Path(out_dir or Path(workdir) / "export" / stage)
-  cfg, params = _load_base_for_eval(config, len(load_tokenizer(config.tokenizer.path)))
-  adapters, lcfg = load_adapters(Path(workdir) / stage, cfg)
+  out = Path(out_dir or workdir / "export" / stage)
+  mesh = mesh or make_mesh(config)
+  cfg, params, adapters, lcfg = evaluate_lib.load_stage(config, workdir, stage, mesh,
+                                                       len(load_tokenizer(config.tokenizer.path)))
   hf.save_hf(out / "merged", cfg, params, adapters=adapters, lora_cfg=lcfg, tokenizer_dir=config.tokenizer.path)
   hf.save_peft(out / "peft", cfg, adapters, lcfg, base_model_name_or_path=config.model.hf_path or None)
   return {"merged": str(out / "merged"), "peft": str(out / "peft"),
@@ -335,14 +356,15 @@ def run(config, workdir: str | os.PathLike) -> dict:
   """The whole pipeline: tokenizer, base, synthetic data, the experiments' stages, evaluation, report, export."""
   import copy
 
-  from hinqa_jax import report
+  from hinqa_jax import report, train as train_lib
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before any work
+  distributed.main_only("workdir", lambda: workdir.mkdir(parents=True, exist_ok=True))
   config = copy.deepcopy(config)
   config.tokenizer.path = _tokenizer(config, workdir)
   config.model.hf_path = _base(config, workdir)
   synthetic = _synthetic(config, workdir)
-  plan = experiment_stages(config, _subsets(config, workdir, synthetic))
+  plan = experiment_stages(config, distributed.main_only("subsets", lambda: _subsets(config, workdir, synthetic)))
   stage_keys: dict[str, str] = {}
   skipped: dict[str, str] = {}
   for exp, stages in list(plan.items()):
@@ -365,14 +387,21 @@ def run(config, workdir: str | os.PathLike) -> dict:
       stage_keys[st["name"]] = key
 
   from hinqa_jax.tokenizer import load_tokenizer, tokenizer_hash
-  base = _load_base_for_eval(config, len(load_tokenizer(config.tokenizer.path)))
+  loaded: list = []
+
+  def base():  # read once, already sharded, by the first evaluation that is not up to date
+    if not loaded:
+      cfg = train_lib.model_config(config, len(load_tokenizer(config.tokenizer.path)))
+      loaded.append((cfg, train_lib.load_base(config, cfg, mesh)))
+    return loaded[0]
+
   results = {}
   for exp, stages in plan.items():
     last = stages[-1]["name"]
     key = _hash({"stage": stage_keys[last], "eval": _to_plain(config)["eval"], "splits": {
         s: _file_digest(p) for s, p in _splits(config).items()}})
     results[exp] = _cached(workdir / "eval" / exp, key, lambda exp=exp, last=last: evaluate(
-        config, workdir, last, out_dir=workdir / "eval" / exp, base=base))
+        config, workdir, last, out_dir=workdir / "eval" / exp, base=base(), mesh=mesh))
   for exp, note in skipped.items():
     results[exp] = {s: {"n": 0, "note": note} for s in _splits(config)}
   provenance = {"config_hash": _hash(_to_plain(config)), "tokenizer_hash": tokenizer_hash(config.tokenizer.path),
@@ -381,7 +410,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
                         {f: _file_digest(f) for f in list(config.data.train) + synthetic}}
   stage_dirs = {name: str(workdir / name) for name in ["base", *config.synthetic.teachers, *stage_keys]
                 if (workdir / name / "metrics.jsonl").exists()}
-  out = report.write_report(workdir, results, provenance, stage_dirs)
+  out = distributed.main_only("report", lambda: report.write_report(workdir, results, provenance, stage_dirs))
   if config.run.export and config.run.export in plan:
-    out["export"] = export(config, workdir, plan[config.run.export][-1]["name"])
+    out["export"] = export(config, workdir, plan[config.run.export][-1]["name"], mesh=mesh)
   return out

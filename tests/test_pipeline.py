@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hinqa_jax import data, lora, pipeline, train
+from hinqa_jax import data, evaluate, lora, pipeline, train
 from hinqa_jax.config import default_config
 
 
@@ -74,13 +74,13 @@ def test_m2_starts_from_m1_adapters(demo_run, tmp_path):
   c, w, _ = demo_run
   cfg = train.model_config(c, 4096)
   lcfg = train.lora_config(c)
-  m1, m1_lcfg = pipeline.load_adapters(w / "m1", cfg)
+  m1, m1_lcfg = evaluate.load_adapters(w / "m1", cfg)
   assert m1_lcfg == lcfg  # rank/alpha/targets read back from the checkpoint's metadata
   # Stage 2 restored from M1 with a zero learning rate: its adapters are M1's final ones, bit for bit.
   c2 = pipeline._with(c, **{"train.learning_rate": 0.0, "train.warmup_steps": 0, "train.num_steps": 1})
   pipeline.train(c2, w, stage="m2_probe", files=tuple(c.data.synthetic), init_from=str(w / "m1" / "checkpoints"),
                  progress=False)
-  probe, _ = pipeline.load_adapters(w / "m2_probe", cfg)
+  probe, _ = evaluate.load_adapters(w / "m2_probe", cfg)
   jax.tree.map(np.testing.assert_array_equal, probe, m1)
   fresh = lora.init(cfg, lcfg, jax.random.key(0))
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(probe), jax.tree.leaves(fresh)))
