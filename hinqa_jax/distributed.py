@@ -136,9 +136,9 @@ def check_shared_dir(path: str | os.PathLike) -> None:
     path.mkdir(parents=True, exist_ok=True)
     probe = path / f".hinqa-shared-{uuid.uuid4().hex}"
     probe.write_text(probe.name)
-    return str(probe)
+    return probe.name
 
-  probe = Path(main_only("workdir-probe", write_probe))
+  probe = path / main_only("workdir-probe", write_probe)  # each process looks in its own `path`
   seen = probe.read_text() if probe.is_file() else None
   key, client = _key("workdir-seen"), _client()
   client.key_value_set(f"{key}/{jax.process_index()}", "ok" if seen == probe.name else "missing")

@@ -203,17 +203,17 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
   # Shapes and shardings first, nothing allocated; then everything is created already sharded.
   frozen = load_base(config, cfg, mesh)
   if mode == "lora":
-    init_trainable = lambda k: lora.init(cfg, lcfg, k)
+    init_trainable = lambda k, base: lora.init(cfg, lcfg, k)
     frozen_arg = frozen
   else:
-    init_trainable = lambda k: frozen  # full training starts from the base weights
+    init_trainable = lambda k, base: base  # full training starts from the base weights
     frozen_arg = None
 
-  def fresh_state(key):
-    trainable = init_trainable(key)
+  def fresh_state(key, base):  # base as an argument: a jit may not close over arrays spanning processes
+    trainable = init_trainable(key, base)
     return {"step": jnp.int32(0), "trainable": trainable, "opt_state": optimizer.init(trainable)}
 
-  abstract = jax.eval_shape(fresh_state, jax.random.key(0))
+  abstract = jax.eval_shape(fresh_state, jax.random.key(0), frozen)
   shardings = state_shardings(abstract, mesh)
   init_state = jax.jit(fresh_state, out_shardings=shardings)
   mngr = checkpoint.manager(stage_dir / "checkpoints", keep=config.checkpoint.keep)
@@ -222,7 +222,7 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
     state, _ = checkpoint.restore(mngr, sharding.like_tree(abstract, shardings))
     log.info("%s: resumed at step %d", stage, int(state["step"]))
   else:
-    state = init_state(jax.random.fold_in(jax.random.key(config.seed), 1))
+    state = init_state(jax.random.fold_in(jax.random.key(config.seed), 1), frozen)
     if init_from:  # M2: stage 2 starts from stage 1's final adapters (same shapes, restored sharded)
       prev_mngr = checkpoint.manager(init_from)
       if prev_mngr.latest_step() is None:

@@ -1,13 +1,17 @@
 """The pipeline as real processes (launch/local.sh: N processes joined by jax.distributed over gloo, on CPU).
 
 One `run` of configs/demo.py on 2 processes x 2 devices, with the (data, fsdp, tensor) = (1, 4, 1) mesh, so
-every weight and adapter of every stage is split over both processes: it completes, scores every
-experiment on every split and exports a model transformers and PEFT load. Then the same stages are
-evaluated again on 1 process x 1 device and on 2 processes x 2 devices with a data-parallel mesh (same
-greedy strings), exported again on 1 device (the same bytes), and bad input fails before any work.
+every weight and adapter of every stage (the pretrained base too) is split over both processes: it
+completes, scores every experiment on every split and exports a model transformers and PEFT load. Then
+a stage is evaluated again on 1 process x 1 device and on 2 processes x 2 devices with a data-parallel
+mesh (same greedy strings), exported again on 1 device (the same bytes), and bad input fails before any
+work. The subprocesses share one persistent XLA compilation cache: identical programs (M1, M2 and M3
+compile the same step) are compiled once.
 """
+import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,11 +31,12 @@ N_EVAL = 16  # records scored per split
 
 
 def _overrides(synthetic: Path) -> list[str]:
-  """configs/demo.py cut to seconds: a few steps of each stage, given synthetic data (no teachers)."""
-  return ["--config=configs/demo.py", "--config.pretrain.steps=4", "--config.pretrain.batch_size=8",
-          "--config.synthetic.source=files", f"--config.data.synthetic=('{synthetic}',)", "--config.train.num_steps=4",
-          "--config.run.stage2_steps=2", "--config.checkpoint.every_steps=2", "--config.train.warmup_steps=1",
-          f"--config.eval.max_examples={N_EVAL}", "--config.eval.max_new_tokens=8"]
+  """configs/demo.py cut to seconds: the tiny model, two steps of each stage, given synthetic data (no teachers)."""
+  return ["--config=configs/demo.py", "--config.model.preset=tiny", "--config.data.seq_len=256",
+          "--config.pretrain.steps=2", "--config.pretrain.batch_size=8", "--config.synthetic.source=files",
+          f"--config.data.synthetic=('{synthetic}',)", "--config.train.num_steps=2", "--config.run.stage2_steps=1",
+          "--config.checkpoint.every_steps=2", "--config.train.warmup_steps=1", f"--config.eval.max_examples={N_EVAL}",
+          "--config.eval.max_new_tokens=8"]
 
 
 def _mesh(data_: int, fsdp: int) -> list[str]:
@@ -40,7 +45,8 @@ def _mesh(data_: int, fsdp: int) -> list[str]:
 
 def _env(devices: int, log_dir: Path) -> dict:
   return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DEFAULT_MATMUL_PRECISION": "highest", "HINQA_LOG_DIR": str(log_dir),
-          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "HINQA_LOCAL_DEVICES": str(devices)}
+          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "HINQA_LOCAL_DEVICES": str(devices),
+          "JAX_COMPILATION_CACHE_DIR": str(log_dir / "xla-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
 
 
 def _processes(n: int, devices: int, log_dir: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
@@ -76,7 +82,8 @@ def two_process_run(tmp_path_factory):
   d = tmp_path_factory.mktemp("mp")
   over = _overrides(_synthetic_file(d / "synthetic.jsonl"))
   w = d / "w"
-  out = _processes(2, 2, d, "run", f"--workdir={w}", *over, *_mesh(1, 4))
+  (d / "logs").mkdir()
+  out = _processes(2, 2, d / "logs", "run", f"--workdir={w}", *over, *_mesh(1, 4))
   preds = {exp: _predictions(w / "eval" / exp) for exp in EXPERIMENTS}
   return {"dir": d, "w": w, "over": over, "stdout": out.stdout, "preds": preds}
 
@@ -95,7 +102,7 @@ def test_run_on_two_processes_scores_every_experiment_and_split(two_process_run)
   # Process 0 alone wrote: no temp file of any process is left anywhere in the workdir.
   assert not [p for p in w.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".hinqa-shared-")]
   # The run logged every step of each stage once (process 0's writer alone).
-  steps = [json.loads(x)["step"] for x in (w / "m2" / "metrics.jsonl").read_text().splitlines()]
+  steps = [json.loads(x)["step"] for x in (w / "m1" / "metrics.jsonl").read_text().splitlines()]
   assert steps == [1, 2]
 
 
@@ -119,23 +126,21 @@ def _agreement(a: dict[str, list[str]], b: dict[str, list[str]]) -> float:
 
 @pytest.mark.parametrize("processes,devices,mesh", [(1, 1, (1, 1)), (2, 2, (-1, 1))],
                          ids=["1x1", "2x2-data-parallel"])
-def test_stages_evaluated_again_give_the_same_greedy_strings(two_process_run, processes, devices, mesh):
-  """Stages trained with weights split over 2 processes, restored onto 1 device, or onto 4 devices of
-  2 processes with replicated weights and rows split over all 4: the same answers (float32)."""
+def test_a_stage_evaluated_again_gives_the_same_greedy_strings(two_process_run, processes, devices, mesh):
+  """M2 (M1 then M2, trained with weights split over 2 processes) restored onto 1 device, or onto 4 devices
+  of 2 processes with replicated weights and rows split over all 4: the same answers (float32)."""
   run = two_process_run
-  log_dir = run["dir"] / f"log-{processes}x{devices}"
-  log_dir.mkdir(exist_ok=True)
-  for stage in ("m2", "m3"):
-    _processes(processes, devices, log_dir, "evaluate", f"--stage={stage}", f"--workdir={run['w']}", *run["over"],
-               *_mesh(*mesh))
-    again = _predictions(run["w"] / "eval" / stage)
-    assert _agreement(run["preds"][stage], again) >= 0.95, (stage, run["preds"][stage], again)
+  _processes(processes, devices, run["dir"] / "logs", "evaluate", "--stage=m2", f"--workdir={run['w']}",
+             *run["over"], *_mesh(*mesh))
+  again = _predictions(run["w"] / "eval" / "m2")
+  assert len({p for s in SPLITS for p in again[s]}) > 5  # answers differ between questions: a real comparison
+  assert _agreement(run["preds"]["m2"], again) >= 0.95, (run["preds"]["m2"], again)
 
 
 def test_export_on_one_device_equals_export_on_two_processes(two_process_run):
   run = two_process_run
   out = run["dir"] / "export-1x1"
-  _processes(1, 1, run["dir"], "export", "--stage=m2", f"--workdir={run['w']}", f"--hf_dir={out}", *run["over"],
+  _processes(1, 1, run["dir"] / "logs", "export", "--stage=m2", f"--workdir={run['w']}", f"--hf_dir={out}", *run["over"],
              *_mesh(1, 1))
   for part, fname in (("merged", "model.safetensors"), ("peft", "adapter_model.safetensors")):
     one, two = load_file(out / part / fname), load_file(run["w"] / "export" / "m2" / part / fname)
@@ -144,25 +149,54 @@ def test_export_on_one_device_equals_export_on_two_processes(two_process_run):
       np.testing.assert_array_equal(one[name], two[name], err_msg=f"{part}/{name}")
 
 
-def test_bad_input_fails_before_any_work(two_process_run, tmp_path):
-  """Another model, another rank, a mesh that does not fit: each a clear error naming what is wrong."""
-  from ml_collections import config_flags  # noqa: F401  (the demo config module imports gen)
-  import importlib.util
-  run = two_process_run
+def _demo_config():
   spec = importlib.util.spec_from_file_location("demo_config", REPO / "configs" / "demo.py")
   demo = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(demo)
-  c = pipeline._with(demo.get_config(), **{"pretrain.steps": 4, "synthetic.source": "files", "mesh.data": -1})
-  w = run["w"]
+  return pipeline._with(demo.get_config(), **{"model.preset": "tiny", "data.seq_len": 256, "pretrain.steps": 2,
+                                              "synthetic.source": "files", "mesh.data": -1})
+
+
+def test_bad_input_fails_before_any_work(two_process_run, tmp_path):
+  """Another model, another rank, arrays that do not match their metadata, a mesh that does not fit, a
+  stage that is not there or not LoRA: each a clear error naming what is wrong, before the base is read."""
+  import shutil
+  c, w = _demo_config(), two_process_run["w"]
   cfg = train.model_config(pipeline._made_here(c, w), 4096)
-  tiny = pipeline._with(c, **{"pretrain.steps": 0, "model.preset": "tiny"})
-  with pytest.raises(ValueError, match=r"checkpoints: model \{.*'dim': 128.*\} does not match this run's \{.*'dim': 64"):
-    pipeline.evaluate(tiny, w, "m2")
-  with pytest.raises(ValueError, match=r"checkpoints: lora \{.*'rank': 8.*\} does not match this run's \{.*'rank': 4"):
+  small = pipeline._with(c, **{"pretrain.steps": 0, "model.preset": "demo"})
+  with pytest.raises(ValueError, match=r"m2/checkpoints: model \{.*'dim': 64.*\} does not match this run's \{.*'dim': 128"):
+    pipeline.evaluate(small, w, "m2")
+  with pytest.raises(ValueError, match=r"m2/checkpoints: lora \{.*'rank': 8.*\} does not match this run's \{.*'rank': 4"):
     evaluate.load_adapters(w / "m2", cfg, lcfg=lora.LoraConfig(rank=4, alpha=16.0))
+  shutil.copytree(w / "m2" / "checkpoints", tmp_path / "m2x" / "checkpoints")
+  for meta in (tmp_path / "m2x" / "checkpoints").glob("*/meta/metadata"):  # metadata says rank 4, arrays are rank 8
+    meta.write_text(meta.read_text().replace('"rank": 8', '"rank": 4'))
+  with pytest.raises(ValueError, match=r"trainable/layers/mlp/down_proj/a has shape \(2, 192, 8\), expected \(2, 192, 4\)"):
+    evaluate.load_adapters(tmp_path / "m2x", cfg)
   with pytest.raises(ValueError, match=r"config.mesh does not fit this job's 8 device\(s\).*needs 3 devices"):
     pipeline.evaluate(pipeline._with(c, **{"mesh.data": 3}), w, "m2")
   with pytest.raises(FileNotFoundError, match="stage m9: no checkpoints at"):
     pipeline.export(c, w, "m9")
   with pytest.raises(ValueError, match="a full training stage, not LoRA adapters"):
     evaluate.load_adapters(w / "base", cfg)
+
+
+def test_a_workdir_not_shared_by_all_processes_fails_before_any_work(tmp_path):
+  """Two processes given different workdirs (as hosts without a shared filesystem would see one path)."""
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  procs = []
+  for i in (0, 1):
+    env = {**_env(1, tmp_path), "HINQA_COORDINATOR": f"127.0.0.1:{port}", "HINQA_NUM_PROCESSES": "2",
+           "HINQA_PROCESS_ID": str(i)}
+    procs.append(subprocess.Popen([sys.executable, "-m", "hinqa_jax", "train", "--config=configs/tiny.py",
+                                   f"--workdir={tmp_path / f'w{i}'}"], cwd=REPO, env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+  for p in procs:
+    out = p.communicate(timeout=300)[0]
+    assert p.returncode != 0, out[-3000:]
+    assert f"workdir {tmp_path / 'w'}" in out and "is not shared by all processes: process(es) [1] of 2 cannot see" \
+        in out, out[-3000:]
+  assert os.listdir(tmp_path / "w0") == []  # nothing prepared or trained; the probe file is gone
+  assert not (tmp_path / "w1").exists()
