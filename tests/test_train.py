@@ -179,7 +179,8 @@ def test_stage_two_schedule_starts_fresh_with_the_carried_optimizer(tmp_path):
   two = train.run_stage(c, tmp_path, "m2", ToyPacked(), init_from=str(tmp_path / "m1" / "checkpoints"),
                         progress=False)
   # Warm-up from 0 to 1e-2 over 2 steps, then the cosine (3 steps in all) starts at its peak: 0, 5e-3, 1e-2.
-  assert [m["learning_rate"] for m in read_metrics(tmp_path / "m2")] == [0.0, float(np.float32(5e-3)), 0.01]
+  rates = [m["learning_rate"] for m in read_metrics(tmp_path / "m2")]
+  assert rates == [0.0, float(np.float32(5e-3)), float(np.float32(1e-2))]  # logged as float32
   assert int(two["state"]["opt_state"][1][0].count) == 6  # Adam really continued from M1's 3 updates
   # The logged rate is the applied one: step 1 applies 0, so M2's adapters after it are M1's exactly ...
   step1 = checkpoint.restore(checkpoint.manager(tmp_path / "m2" / "checkpoints"), None, step=1)[0]
