@@ -87,6 +87,17 @@ def question_type(text: str) -> frozenset[str]:
   return frozenset(_QUESTION_WORDS[t] for t in map(_light_fold, norm_tokens(text)) if t in _QUESTION_WORDS)
 
 
+_DEDUP_DROP = dict.fromkeys(map(ord, "\u093c\u200c\u200d"))  # nukta, ZWNJ, ZWJ
+
+
+def dedup_form(text: str) -> str:
+  """Normal form for near-duplicate keys: NFD, nukta and ZWJ/ZWNJ dropped, chandrabindu as
+  anusvara, digits ASCII, danda and all punctuation as spaces, lower case, single spaces."""
+  text = unicodedata.normalize("NFD", text).lower().translate(_DIGITS).translate(_DEDUP_DROP)
+  text = text.replace("\u0901", "\u0902")
+  return " ".join(_strip_punct(unicodedata.normalize("NFC", text)).split())
+
+
 def char_ngrams(text: str, n: int = 3) -> set[str]:
   """Set of character n-grams (the whole string if shorter than n)."""
   if len(text) <= n:
