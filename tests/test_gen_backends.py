@@ -111,7 +111,7 @@ def test_openai_429_retries_after_retry_after(serve):
   srv = serve([("status", 429, {"Retry-After": "0.4"}), ("status", 429), ("ok",)])
   b = client(srv.url)
   assert b.generate([MSG], PARAMS) == ["उत्तर:प्रश्न लिखिए"]
-  assert len(srv.log) == 3 and b.stats == {"requests": 3, "retries": 2, "failures": 0}
+  assert len(srv.log) == 3 and b.stats == {"requests": 3, "retries": 2, "failures": 0, "too_long": 0, "responses": 1}
   gaps = [srv.log[i + 1]["t"] - srv.log[i]["t"] for i in range(2)]
   assert gaps[0] >= 0.4  # Retry-After honoured (longer than the 0.05 s backoff)
   assert 0.1 <= gaps[1] < 0.4  # then exponential: 0.05 * 2**1
@@ -139,7 +139,7 @@ def test_openai_gives_up_and_counts_failure_without_raising(serve):
 def test_openai_endpoint_down_counts_failure():
   b = client("http://127.0.0.1:9/v1", max_tries=2, timeout_s=0.5)  # discard port: nothing listens
   out = b.generate([MSG], PARAMS)
-  assert isinstance(out[0], backends.GenerationError) and b.stats == {"requests": 2, "retries": 1, "failures": 1}
+  assert isinstance(out[0], backends.GenerationError) and b.stats == {"requests": 2, "retries": 1, "failures": 1, "too_long": 0, "responses": 0}
 
 
 def test_vllm_engine_and_sampling_kwargs_without_vllm():
@@ -151,13 +151,12 @@ def test_vllm_engine_and_sampling_kwargs_without_vllm():
   assert "max_model_len" not in backends.vllm_engine_kwargs(tcfg)
   schema = {"type": "array"}
   new_api = types.SimpleNamespace(StructuredOutputsParams=lambda json: ("structured", json))
-  old_api = types.SimpleNamespace(GuidedDecodingParams=lambda json: ("guided", json))
   p = backends.SamplingParams(temperature=0.7, top_p=0.95, top_k=0, max_tokens=512, seed=5,
                               structured="json_schema", json_schema=schema)
   base = {"temperature": 0.7, "top_p": 0.95, "top_k": -1, "max_tokens": 512, "seed": 5, "n": 1}
   assert backends.vllm_sampling_kwargs(p, new_api) == {**base, "structured_outputs": ("structured", schema)}
-  assert backends.vllm_sampling_kwargs(p, old_api) == {**base, "guided_decoding": ("guided", schema)}
-  assert backends.vllm_sampling_kwargs(p, types.SimpleNamespace()) == base
+  with pytest.raises(ImportError, match="StructuredOutputsParams"):  # one API, the pinned vLLM's
+    backends.vllm_sampling_kwargs(p, types.SimpleNamespace(GuidedDecodingParams=lambda json: json))
   unconstrained = backends.SamplingParams(top_k=20, max_tokens=512, seed=5)
   assert backends.vllm_sampling_kwargs(unconstrained, new_api)["top_k"] == 20
   assert "structured_outputs" not in backends.vllm_sampling_kwargs(unconstrained, new_api)
@@ -200,7 +199,7 @@ def test_vllm_backend_skips_over_long_prompts_with_fake_engine(monkeypatch):
 
     def chat(self, batch, sp, use_tqdm):
       self.calls.append(batch)
-      return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text="T" + m[0]["content"])]) for m in batch]
+      return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text="T" + m[0]["content"], finish_reason="stop")]) for m in batch]
 
   llm = FakeLLM()
   b = backends.VllmBackend(llm, types.SimpleNamespace(), name="v", model="m", max_model_len=10)
