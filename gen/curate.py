@@ -172,8 +172,12 @@ def _pair_checks(it: Item, cfg: Any, heldout: HeldOut, ctx_words: set) -> list[t
   why = faithful.restatement(it.q, it.a, ctx)
   if why:
     flags.append(("restates_question", why))
+  support = faithful.new_content_support(it.q, it.a, ctx)
+  it.scores["new_content_support"] = support
   if it.grounding < cfg.grounding_threshold:
     flags.append(("ungrounded", f"grounding {it.grounding:.2f} < {cfg.grounding_threshold}"))
+  elif support < cfg.new_content_threshold:
+    flags.append(("ungrounded", f"only {support:.2f} of what it adds beyond the question is in the context"))
   return flags
 
 

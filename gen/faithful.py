@@ -80,15 +80,21 @@ def _light(token: str) -> str:
 _NUMBER_WORDS = {_light(w): v for w, v in {**_UNITS, **_MULTIPLIERS}.items()}
 _MULTIPLIER_WORDS = {_light(w) for w in _MULTIPLIERS}
 # Also the name of a ghat (अस्सी घाट): a number word right before a place head is an entity, not a number.
-_DATE_WORDS = frozenset(stem(w) for w in (
+_DATE_WORDS = frozenset(_light(w) for w in (  # whole words: चैत्र and चित्र share a stem
   "जनवरी फ़रवरी फरवरी मार्च अप्रैल मई जून जुलाई अगस्त सितंबर सितम्बर अक्टूबर नवंबर नवम्बर दिसंबर दिसम्बर "
   "चैत्र वैशाख ज्येष्ठ आषाढ़ श्रावण सावन भाद्रपद भादो आश्विन कार्तिक मार्गशीर्ष अगहन पौष माघ फाल्गुन फागुन "
   "सोमवार मंगलवार बुधवार गुरुवार बृहस्पतिवार शुक्रवार शनिवार रविवार").split())
-_PLACE_HEADS = frozenset(stem(w) for w in (
-  "घाट मंदिर मन्दिर कुंड कुण्ड आश्रम संग्रहालय महल मस्जिद विश्वविद्यालय नगर बाज़ार बाजार गली किला क़िला तालाब "
-  "झील पार्क होटल स्टेशन रोड मार्ग चौक द्वार भवन गुरुद्वारा स्तूप पुल धाम मठ सरोवर").split())
-_TITLES = frozenset(stem(w) for w in "श्री संत स्वामी महर्षि गुरु राजा महाराजा रानी डॉ बाबा भगवान".split())
-_TIME_WORDS = _DATE_WORDS | frozenset(stem(w) for w in (
+# Heads and titles match as whole words (their stems collide: संत and सात both fold to सत).
+_PLACE_HEADS = frozenset(_light(w) for w in (
+  "घाट मंदिर मन्दिर कुंड कुण्ड आश्रम महल मस्जिद गली किला क़िला तालाब झील गुरुद्वारा स्तूप धाम मठ सरोवर "
+  "चौक गेट").split())
+_TITLES = frozenset(_light(w) for w in "श्री संत स्वामी महर्षि राजा महाराजा रानी डॉ बाबा भगवान".split())
+# Adjectives that stand before a head without naming anything ("पुराने मंदिर", "प्रसिद्ध घाट").
+_NOT_NAMES = frozenset(stem(w) for w in (
+  "प्रसिद्ध पुराना पुराने पुरानी बड़ा बड़े बड़ी छोटा छोटे छोटी नया नए नई सुंदर प्राचीन ऐतिहासिक मुख्य प्रमुख "
+  "पवित्र विशाल कई अनेक दूसरे दूसरा अन्य प्रत्येक हर सबसे").split())
+_QUANTITY_WORDS = frozenset(stem(w) for w in "लाखों हज़ारों हजारों सैकड़ों करोड़ों दर्जनों".split())
+_TIME_WORDS = frozenset(map(stem, _DATE_WORDS)) | frozenset(stem(w) for w in (
   "सुबह शाम रात दोपहर सूर्योदय सूर्यास्त बजे बजकर दिन सप्ताह महीने महीना साल वर्ष सदी शताब्दी ईस्वी सन् "
   "प्रतिदिन रोज़ रोज हमेशा त्योहार पर्व पूर्णिमा अमावस्या दिवाली देव दीपावली होली ऋतु सर्दी गर्मी बरसात मौसम").split())
 _LOCATIVES = frozenset(stem(w) for w in "में पर पास किनारे निकट समीप सामने बीच पीछे दूर".split())
@@ -122,7 +128,7 @@ def numbers(text: str) -> set[float]:
           total, current = total + current, 0.0
         value, words = total + current, words + 1
       elif s in _NUMBER_WORDS and s not in _MULTIPLIER_WORDS and num is None:
-        if j + 1 < len(toks) and stem(toks[j + 1]) in _PLACE_HEADS:
+        if j + 1 < len(toks) and _light(toks[j + 1]) in _PLACE_HEADS:
           break  # अस्सी घाट: a name
         current += _NUMBER_WORDS[s]
         value, words = total + current, words + 1
@@ -139,13 +145,17 @@ def entities(text: str) -> set[str]:
   """Stems of named entities and dates: Latin words, the word before a place head, after a title."""
   toks = tokens(text)
   stems = [stem(t) for t in toks]
-  out = {s for s in stems if s in _DATE_WORDS}
+  out = {_light(t) for t in toks if _light(t) in _DATE_WORDS}
+
+  def name(j: int) -> bool:
+    return 0 <= j < len(toks) and stems[j] not in _STOP_STEMS | _NOT_NAMES and not toks[j][0].isdigit() \
+      and _light(toks[j]) not in _NUMBER_WORDS
   for i, (t, s) in enumerate(zip(toks, stems)):
     if t.isascii() and t.isalpha() and len(t) > 1:
       out.add(s)
-    elif s in _PLACE_HEADS and i > 0 and stems[i - 1] not in _STOP_STEMS and not toks[i - 1].isdigit():
+    elif _light(t) in _PLACE_HEADS and name(i - 1):
       out.add(stems[i - 1])
-    elif s in _TITLES and i + 1 < len(toks) and stems[i + 1] not in _STOP_STEMS and not toks[i + 1].isdigit():
+    elif _light(t) in _TITLES and name(i + 1):
       out.add(stems[i + 1])
   return out
 
@@ -158,7 +168,8 @@ def unsupported_numbers(answer: str, context: str) -> list[str]:
   """Numbers and dates of the answer that the context does not state."""
   ctx_stems = {stem(t) for t in tokens(context)}
   bad = [_fmt(n) for n in sorted(numbers(answer) - numbers(context))]
-  return bad + sorted(e for e in entities(answer) & _DATE_WORDS if e not in ctx_stems)
+  ctx_words = {_light(t) for t in tokens(context)}
+  return bad + sorted(e for e in entities(answer) & _DATE_WORDS if e not in ctx_words)
 
 
 def unsupported_entities(answer: str, context: str) -> list[str]:
@@ -184,6 +195,13 @@ def grounding_score(answer: str, context: str, window: int = 3) -> float:
   return best / len(ans)
 
 
+def new_content_support(question: str, answer: str, context: str) -> float:
+  """Share of what the answer adds beyond the question (numbers aside: they are checked by value) found in the context."""
+  ctx = {stem(t) for t in tokens(context)}
+  new = [s for s in new_content(question, answer) if not s[0].isdigit() and _light(s) not in _NUMBER_WORDS]
+  return sum(s in ctx for s in new) / len(new) if new else 1.0
+
+
 def new_content(question: str, answer: str) -> list[str]:
   """The answer's content stems that the question does not already contain."""
   asked = set(content_stems(question))
@@ -200,17 +218,19 @@ def restatement(question: str, answer: str, context: str) -> str:
   new = new_content(question, answer)
   if not new:
     return "adds nothing beyond the question's words"
+  ctx_stems = {stem(t) for t in tokens(context)}
   q = {stem(t) for t in tokens(question)}
   new_set = set(new)
-  if q & _HOW_MANY and not numbers(answer):
+  if q & _HOW_MANY and not (numbers(answer) or new_set & _QUANTITY_WORDS):
     return "how-many question without a number"
   if q & _WHEN and not (numbers(answer) or new_set & _TIME_WORDS):
     return "when-question without a number or time word"
   if q & _WHERE or _WHERE_PHRASE.search(unicodedata.normalize("NFC", question)):
+    # a place is a new word up to three words before a locative ("वाराणसी के चौक इलाके में");
     # "कहाँ से" (from where) is answered by "X से"
     locatives = _LOCATIVES | ({stem("से")} if "से" in tokens(question) else set())
-    places = entities(answer) | {s for s, nxt in zip(map(stem, tokens(answer)), map(stem, tokens(answer)[1:]))
-                                 if nxt in locatives and s not in _STOP_STEMS}
-    if not places & new_set:
+    ans = [stem(t) for t in tokens(answer)]
+    places = {ans[j] for i, s in enumerate(ans) if s in locatives for j in range(max(0, i - 3), i)}
+    if not (places | entities(answer)) & new_set:
       return "where-question without a new place"
   return ""

@@ -190,18 +190,22 @@ def parse_pairs(text: str | None) -> Parsed:
   salvaged: list = []
   for obj_text in objects:
     try:
-      item = _pair_from(_literal(obj_text))
+      value = _literal(obj_text)
     except ValueError:
       continue
+    if isinstance(value, dict) and any(isinstance(v, (list, dict)) for v in value.values()):
+      continue  # a wrapper ({"pairs": [...]}), not an item
+    item = _pair_from(value)
     if item is not None and (isinstance(item, str) or item not in salvaged):
       salvaged.append(item)
   # A truncated list decodes only as its first inner object: the salvage then finds more.
   n_dec, n_salv = (sum(isinstance(p, tuple) for p in x) for x in (decoded, salvaged))
   if n_dec and n_dec >= n_salv or n_salv:
-    pairs, dropped = _tally(decoded if n_dec >= n_salv else salvaged)
+    use_decoded = n_dec > n_salv or n_dec == n_salv and len(decoded) >= len(salvaged)
+    pairs, dropped = _tally(decoded if use_decoded else salvaged)
     if left_open:  # the last item was cut off (max_tokens): counted, not silently lost
       dropped["truncated"] += 1
-    return Parsed(pairs, "ok" if n_dec >= n_salv and not left_open else "salvaged", dict(dropped))
+    return Parsed(pairs, "ok" if use_decoded and not left_open else "salvaged", dict(dropped))
   items: list = []
   for m in _LABELLED.finditer(text):
     q, a = (" ".join(g.strip(" *\"'").split()) for g in m.groups())

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 _SWEEPS = {  # threshold key -> (per-pair score, drop when score < value (True) or > value (False), values)
   "grounding_threshold": ("grounding", True, (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
+  "new_content_threshold": ("new_content_support", True, (0.3, 0.5, 0.7, 0.9)),
   "min_devanagari_ratio": (("devanagari_question", "devanagari_answer"), True, (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)),
   "min_answer_tokens": ("answer_tokens", True, (2, 3, 4, 5, 6)),
   "max_answer_tokens": ("answer_tokens", False, (40, 60, 80, 120)),

@@ -109,7 +109,7 @@ def test_duplicates_of_original_data_and_across_contexts():
   kept, reasons, _ = run(records)
   assert kept == {"a-keep"}
   assert reasons == {"a-orig": "duplicate_exact", "b-orig-near": "duplicate_near",
-                     "b-orig-conflict": "unsupported_entity", "z-other-ctx": "duplicate_exact"}
+                     "b-orig-conflict": "conflict", "z-other-ctx": "duplicate_exact"}
   kept, reasons, _ = run(records, against_original=False)
   assert kept == {"a-orig", "a-keep"}
   assert reasons["b-orig-near"] == "duplicate_near" and reasons["z-other-ctx"] == "duplicate_exact"
