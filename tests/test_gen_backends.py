@@ -41,9 +41,12 @@ class Server:
             for k, v in (action[2] if len(action) > 2 else {}).items():
               self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(b'{"error": "scripted"}')
+            self.wfile.write(action[3].encode() if len(action) > 3 else b'{"error": "scripted"}')
             return
-          reply = {"choices": [{"message": {"role": "assistant", "content": outer.reply(body)}}]}
+          content, finish = outer.reply(body), None
+          if isinstance(content, tuple):  # (text, finish_reason)
+            content, finish = content
+          reply = {"choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": finish}]}
           data = json.dumps(reply, ensure_ascii=False).encode()
           self.send_response(200)
           self.send_header("Content-Type", "application/json")
@@ -237,3 +240,28 @@ def test_generate_safe_isolates_a_failing_item():
 
   out = backends.generate_safe(Flaky(), [[{"role": "user", "content": c}] for c in ("a", "bad", "c")], PARAMS)
   assert out[0] == "A" and out[2] == "C" and isinstance(out[1], RuntimeError)
+
+
+def test_openai_structured_output_root_is_an_object_and_finish_reason_is_kept(serve):
+  from gen import prompts
+  srv = serve()
+  srv.reply = lambda body: ('{"pairs": [', "length")
+  tcfg = gen.teacher("openai", "m", base_url=srv.url, structured="json_schema")
+  out = backends.make_backend(tcfg, "t").generate([MSG], backends.sampling_params(tcfg, prompts.PAIRS_SCHEMA))
+  fmt = srv.log[0]["body"]["response_format"]
+  assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+  assert fmt["json_schema"]["schema"]["type"] == "object" and fmt["json_schema"]["schema"]["required"] == ["pairs"]
+  assert out == ['{"pairs": ['] and out[0].finish_reason == "length"
+  assert '{"pairs": [' in prompts.build_messages("Museum", "संदर्भ।", [], 3)[1]["content"]
+
+
+def test_openai_prompt_too_long_is_classified_too_long(serve):
+  # vLLM serve's wording of an over-long prompt (a 400 that no retry can fix)
+  msg = ('{"object": "error", "message": "This model\'s maximum context length is 4096 tokens. However, you '
+         'requested 9000 tokens (8000 in the messages, 1000 in the completion).", "code": 400}')
+  srv = serve([("status", 400, {}, msg), ("status", 400, {}, '{"message": "Invalid model name"}')])
+  b = client(srv.url)
+  out = b.generate([MSG, MSG], PARAMS)
+  assert isinstance(out[0], backends.ContextTooLong) and "maximum context length" in str(out[0])
+  assert isinstance(out[1], backends.ClientError) and out[1].code == 400
+  assert b.stats["too_long"] == 1 and b.stats["failures"] == 1 and len(srv.log) == 2
