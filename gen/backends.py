@@ -153,7 +153,8 @@ class OpenAIBackend:
     self.url = base_url.rstrip("/") + "/chat/completions"
     self.api_key, self.concurrency, self.timeout_s = api_key, max(1, concurrency), timeout_s
     self.max_tries, self.backoff_s, self.max_backoff_s = max(1, max_tries), backoff_s, max_backoff_s
-    self.stats = {"requests": 0, "retries": 0, "failures": 0, "too_long": 0, "responses": 0}
+    self.stats = {"requests": 0, "retries": 0, "failures": 0, "too_long": 0, "responses": 0,
+                  "prompt_tokens": 0, "completion_tokens": 0}
 
   @classmethod
   def from_config(cls, tcfg: Any, name: str) -> "OpenAIBackend":
@@ -187,6 +188,10 @@ class OpenAIBackend:
         with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
           payload = json.loads(resp.read().decode("utf-8"))
         self.stats["responses"] += 1
+        usage = payload.get("usage") if isinstance(payload, dict) else None
+        if isinstance(usage, dict):  # the server's own token counts, when it reports them
+          self.stats["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+          self.stats["completion_tokens"] += int(usage.get("completion_tokens") or 0)
         try:
           choice = payload["choices"][0]
           return Completion(choice["message"]["content"] or "", str(choice.get("finish_reason") or ""))

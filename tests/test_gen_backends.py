@@ -114,7 +114,8 @@ def test_openai_429_retries_after_retry_after(serve):
   srv = serve([("status", 429, {"Retry-After": "0.4"}), ("status", 429), ("ok",)])
   b = client(srv.url)
   assert b.generate([MSG], PARAMS) == ["उत्तर:प्रश्न लिखिए"]
-  assert len(srv.log) == 3 and b.stats == {"requests": 3, "retries": 2, "failures": 0, "too_long": 0, "responses": 1}
+  assert len(srv.log) == 3 and b.stats == {"requests": 3, "retries": 2, "failures": 0, "too_long": 0, "responses": 1,
+                                           "prompt_tokens": 0, "completion_tokens": 0}
   gaps = [srv.log[i + 1]["t"] - srv.log[i]["t"] for i in range(2)]
   assert gaps[0] >= 0.4  # Retry-After honoured (longer than the 0.05 s backoff)
   assert 0.1 <= gaps[1] < 0.4  # then exponential: 0.05 * 2**1
@@ -142,7 +143,8 @@ def test_openai_gives_up_and_counts_failure_without_raising(serve):
 def test_openai_endpoint_down_counts_failure():
   b = client("http://127.0.0.1:9/v1", max_tries=2, timeout_s=0.5)  # discard port: nothing listens
   out = b.generate([MSG], PARAMS)
-  assert isinstance(out[0], backends.GenerationError) and b.stats == {"requests": 2, "retries": 1, "failures": 1, "too_long": 0, "responses": 0}
+  assert isinstance(out[0], backends.GenerationError) and b.stats == {"requests": 2, "retries": 1, "failures": 1, "too_long": 0, "responses": 0,
+                                                                                  "prompt_tokens": 0, "completion_tokens": 0}
 
 
 def test_vllm_engine_and_sampling_kwargs_without_vllm():
