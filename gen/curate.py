@@ -33,8 +33,8 @@ from typing import Any, Iterable, Mapping
 
 from gen import backends as backends_lib
 from gen import faithful, prompts, report as report_lib
-from gen.judge import judge_assignment, judge_pairs
 from gen.dedup import NearDuplicates, pair_grams
+from gen.judge import judge_assignment, judge_pairs
 from gen.synthesize import context_id, field, write_atomic
 from gen.text import (answer_agreement, char_ngrams, devanagari_ratio, jaccard, loose_key, nfc, norm_tokens,
                       question_type, word_ngrams)
@@ -169,7 +169,7 @@ def _pair_checks(it: Item, cfg: Any, heldout: HeldOut, ctx_words: set) -> list[t
   bad = faithful.unsupported_entities(it.a, ctx)
   if bad:
     flags.append(("unsupported_entity", "not in the context: " + ", ".join(bad)))
-  why = faithful.restatement(it.q, it.a, ctx)
+  why = faithful.restatement(it.q, it.a)
   if why:
     flags.append(("restates_question", why))
   support = faithful.new_content_support(it.q, it.a, ctx)
@@ -340,32 +340,6 @@ def _read_split(path: str) -> list:
   return list(data.read_records(path))
 
 
-def parse_drops(out_dir: str, names: Iterable[str]) -> dict[str, dict]:
-  """Per teacher, from its done-journals: unit statuses, truncated outputs and parser drops by reason."""
-  out = {}
-  for name in names:
-    stats: collections.Counter = collections.Counter()
-    listing = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
-    for f in listing:
-      if re.fullmatch(re.escape(name) + r"(\.shard-\d+-of-\d+)?\.done\.jsonl", f):
-        with open(os.path.join(out_dir, f), encoding="utf-8") as fh:
-          for line in fh:
-            try:  # a crash can leave a torn last line; synthesize repairs it on its next start
-              e = json.loads(line)
-            except json.JSONDecodeError:
-              stats["journal_unreadable_lines"] += 1
-              continue
-            if not isinstance(e, dict):
-              stats["journal_unreadable_lines"] += 1
-              continue
-            stats["unit_" + e.get("status", "unknown")] += 1
-            stats["truncated_outputs"] += e.get("finish_reason") == "length"
-            for reason, n in (e.get("dropped") or {}).items():
-              stats["dropped_" + reason] += n
-    out[name] = dict(sorted(stats.items()))
-  return out
-
-
 def curate(config: Any, *, judge_backends: Mapping[str, backends_lib.Backend] | None = None,
            originals: Iterable[Any] | None = None, heldout: Mapping[str, Iterable[Any]] | None = None,
            dry_run: bool = False) -> dict:
@@ -389,6 +363,10 @@ def curate(config: Any, *, judge_backends: Mapping[str, backends_lib.Backend] | 
     unknown = sorted(set(judges.values()) - set(names))
     if unknown:
       raise ValueError(f"curate.judge names judge(s) {unknown} that are not teachers {names}")
+    for t, j in sorted(judges.items()):  # two sections serving one model are one judge in disguise
+      if config.teachers[j].model == config.teachers[t].model:
+        raise ValueError(f"curate.judge: judge {j!r} serves the same model as teacher {t!r} "
+                         f"({config.teachers[t].model!r}); a teacher never judges its own pairs")
     judge_backends = dict(judge_backends or {})
     for j in sorted(set(judges.values()) - set(judge_backends)):
       judge_backends[j] = backends_lib.make_backend(config.teachers[j], j)
@@ -397,7 +375,7 @@ def curate(config: Any, *, judge_backends: Mapping[str, backends_lib.Backend] | 
     if dry_run:
       cfg.judge.enabled = False  # a dry run asks no judge
     kept, rejected, report = curate_records(synthetic, originals, heldout, cfg, judge_backends, batch)
-  report["parse"] = parse_drops(config.out_dir, names)
+  report["parse"] = report_lib.parse_drops(config.out_dir, names)
   report["inputs"] = {"files": {t: [os.path.basename(p) for p in ps] for t, ps in files.items()},
                       "missing_shards": {t: _missing_shards(ps) for t, ps in files.items()},
                       "heldout": {s: len(list(r)) for s, r in heldout.items()},

@@ -29,8 +29,16 @@ _VOWEL_FOLD = str.maketrans({"ई": "इ", "ऊ": "उ", "ऐ": "ए", "औ": "�
 _TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[\u0900-\u0963\u0971-\u097F\u200c\u200d]+|[a-z]+")
 
 
+# Everyday synonyms a faithful paraphrase swaps in (ज़्यादा for अधिक): folded to one word before stemming.
+_SYNONYMS = {"ज्यादा": "अधिक", "ज़्यादा": "अधिक", "तकरीबन": "लगभग", "करीब": "लगभग", "क़रीब": "लगभग",
+             "मशहूर": "प्रसिद्ध", "विख्यात": "प्रसिद्ध", "दाम": "कीमत", "क़ीमत": "कीमत", "मूल्य": "कीमत",
+             "आरंभ": "शुरू", "प्रारंभ": "शुरू", "मंदिरों": "मंदिर", "श्रद्धालु": "भक्त", "यात्री": "पर्यटक",
+             "सैलानी": "पर्यटक", "पुराना": "प्राचीन", "पुरानी": "प्राचीन", "पुराने": "प्राचीन", "दर्शनार्थी": "भक्त"}
+
+
 def stem(token: str) -> str:
-  """Fold one token: digits ASCII, all combining marks and ZWJ/ZWNJ dropped, long vowels short."""
+  """Fold one token: synonyms, digits ASCII, all combining marks and ZWJ/ZWNJ dropped, long vowels short."""
+  token = _SYNONYMS.get(unicodedata.normalize("NFC", token), token)
   text = unicodedata.normalize("NFD", token.lower()).translate(_DIGITS)
   text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "M" and ch not in "\u200c\u200d")
   text = text.translate(_VOWEL_FOLD)
@@ -166,7 +174,6 @@ def _fmt(x: float) -> str:
 
 def unsupported_numbers(answer: str, context: str) -> list[str]:
   """Numbers and dates of the answer that the context does not state."""
-  ctx_stems = {stem(t) for t in tokens(context)}
   bad = [_fmt(n) for n in sorted(numbers(answer) - numbers(context))]
   ctx_words = {_light(t) for t in tokens(context)}
   return bad + sorted(e for e in entities(answer) & _DATE_WORDS if e not in ctx_words)
@@ -180,12 +187,18 @@ def unsupported_entities(answer: str, context: str) -> list[str]:
 
 # ---------------------------------------------------------------- grounding and restating
 
+def _wordy_stems(text: str) -> list[str]:
+  # content stems without numbers: 45 and पैंतालीस are one fact, which unsupported_numbers compares by value
+  return [stem(t) for t in tokens(text) if stem(t) not in _STOP_STEMS and not t[0].isdigit()
+          and _light(t) not in _NUMBER_WORDS]
+
+
 def grounding_score(answer: str, context: str, window: int = 3) -> float:
-  """Share of the answer's content stems found in its best window of <= `window` adjacent sentences."""
-  ans = content_stems(answer)
+  """Share of the answer's content stems (numbers aside) in its best window of <= `window` adjacent sentences."""
+  ans = _wordy_stems(answer)
   if not ans:
-    return 0.0
-  sents = [set(content_stems(s)) for s in split_sentences(context)]
+    return 1.0 if content_stems(answer) else 0.0  # only numbers: judged by unsupported_numbers alone
+  sents = [set(_wordy_stems(s)) for s in split_sentences(context)]
   best = 0
   for i in range(len(sents)):
     covered: set[str] = set()
@@ -198,7 +211,8 @@ def grounding_score(answer: str, context: str, window: int = 3) -> float:
 def new_content_support(question: str, answer: str, context: str) -> float:
   """Share of what the answer adds beyond the question (numbers aside: they are checked by value) found in the context."""
   ctx = {stem(t) for t in tokens(context)}
-  new = [s for s in new_content(question, answer) if not s[0].isdigit() and _light(s) not in _NUMBER_WORDS]
+  asked = set(content_stems(question))
+  new = [s for s in _wordy_stems(answer) if s not in asked]
   return sum(s in ctx for s in new) / len(new) if new else 1.0
 
 
@@ -213,12 +227,11 @@ _WHEN, _HOW_MANY, _WHERE = (frozenset(stem(w) for w in ws.split()) for ws in (
 _WHERE_PHRASE = re.compile(r"किस\s+(?:शहर|जगह|स्थान|घाट|राज्य|जिले|ज़िले|देश|गली|इलाके|क्षेत्र)")
 
 
-def restatement(question: str, answer: str, context: str) -> str:
+def restatement(question: str, answer: str) -> str:
   """Why the answer does not answer the question ("" when it does)."""
   new = new_content(question, answer)
   if not new:
     return "adds nothing beyond the question's words"
-  ctx_stems = {stem(t) for t in tokens(context)}
   q = {stem(t) for t in tokens(question)}
   new_set = set(new)
   if q & _HOW_MANY and not (numbers(answer) or new_set & _QUANTITY_WORDS):

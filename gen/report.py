@@ -7,7 +7,11 @@ at other values, so a user can tune thresholds on their own data before committi
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import collections
+import json
+import os
+import re
+from typing import Any, Iterable, Sequence
 
 _SWEEPS = {  # threshold key -> (per-pair score, drop when score < value (True) or > value (False), values)
   "grounding_threshold": ("grounding", True, (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
@@ -103,3 +107,29 @@ def markdown(report: dict, reasons: Sequence[str]) -> str:
       lines += [f"- `{e['id']}`: {e['question']} → {e['answer']} ({e['detail']})" for e in slot["examples"]]
       lines.append("")
   return "\n".join(lines) + "\n"
+
+
+def parse_drops(out_dir: str, names: Iterable[str]) -> dict[str, dict]:
+  """Per teacher, from its done-journals: unit statuses, truncated outputs and parser drops by reason."""
+  out = {}
+  for name in names:
+    stats: collections.Counter = collections.Counter()
+    listing = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+    for f in listing:
+      if re.fullmatch(re.escape(name) + r"(\.shard-\d+-of-\d+)?\.done\.jsonl", f):
+        with open(os.path.join(out_dir, f), encoding="utf-8") as fh:
+          for line in fh:
+            try:  # a crash can leave a torn last line; synthesize repairs it on its next start
+              e = json.loads(line)
+            except json.JSONDecodeError:
+              stats["journal_unreadable_lines"] += 1
+              continue
+            if not isinstance(e, dict):
+              stats["journal_unreadable_lines"] += 1
+              continue
+            stats["unit_" + e.get("status", "unknown")] += 1
+            stats["truncated_outputs"] += e.get("finish_reason") == "length"
+            for reason, n in (e.get("dropped") or {}).items():
+              stats["dropped_" + reason] += n
+    out[name] = dict(sorted(stats.items()))
+  return out

@@ -132,17 +132,6 @@ def split_sentences(text: str) -> list[str]:
   return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
-def grounding_score(answer: str, context: str) -> float:
-  """Content-token F1 of the answer against its best-matching context sentence.
-
-  Adjacent sentence pairs are candidates too, since a full-sentence answer often joins two facts.
-  """
-  ans = content_tokens(answer)
-  sents = [content_tokens(s) for s in split_sentences(context)]
-  cands = sents + [a + b for a, b in zip(sents, sents[1:])]
-  return max((token_f1(ans, c) for c in cands if c), default=0.0)
-
-
 def answer_agreement(question_a: str, answer_a: str, question_b: str, answer_b: str) -> float:
   """F1 of what two answers add beyond their questions (content tokens not in either question).
 

@@ -5,7 +5,7 @@ import pytest
 
 import gen
 from gen.curate import curate_records
-from gen import text
+from gen import faithful, text
 from gen.synthesize import context_id
 
 CTX = ("दशाश्वमेध घाट पर गंगा आरती हर शाम सूर्यास्त के बाद होती है। आरती लगभग पैंतालीस मिनट तक चलती है। "
@@ -73,7 +73,7 @@ def test_grounding_keeps_supported_and_drops_invented_answers():
   kept, reasons, _ = run(records)
   assert kept == {"a-keep", "a-boat"}
   assert reasons == {"a-made-up": "ungrounded"}
-  assert text.grounding_score(GOOD["answer"], CTX) > 0.6 > text.grounding_score(records[2]["answer"], CTX)
+  assert faithful.grounding_score(GOOD["answer"], CTX) > 0.6 > faithful.grounding_score(records[2]["answer"], CTX)
 
 
 def test_near_duplicates_differing_in_matras_punctuation_word_order_across_teachers():

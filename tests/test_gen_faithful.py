@@ -111,6 +111,12 @@ def test_judge_is_never_the_teacher_it_judges():
   cfg.judges = ""
   with pytest.raises(ValueError, match="'llama70b' would judge its own pairs"):
     judge_assignment(["llama70b", "phi4"], cfg)
+  c = gen.default_config()  # a second section serving the same model is the same judge
+  c.teachers.a = gen.teacher("openai", "llama-70b", base_url="http://127.0.0.1:1/v1")
+  c.teachers.b = gen.teacher("openai", "llama-70b", base_url="http://127.0.0.1:2/v1")
+  c.curate.judge.enabled, c.curate.judge.judges = True, "a:b,b:a"
+  with pytest.raises(ValueError, match="same model as teacher"):
+    gen.curate(c, originals=[], heldout={})
 
 
 def test_dry_run_stats_count_each_filter_and_threshold():

@@ -28,6 +28,7 @@ def get_config():
     backoff_s=2.0,  # first retry delay
     structured="json_schema",  # response_format json_schema, root {"pairs": [...]} (vllm serve and OpenAI accept it)
   )
-  c.curate.judge.teacher = "llama70b"  # set curate.judge.enabled=True for the LLM judge
+  # The LLM judge must be another model than the teacher it judges: to use it, add a second teacher
+  # section (another endpoint), set curate.judge.judges="llama70b:<that name>" and curate.judge.enabled=True.
   c.lock()
   return c
