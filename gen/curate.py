@@ -60,6 +60,7 @@ class Item:
   reason: str = ""
   detail: str = ""
   verdict: bool | None = None
+  judged_by: str = ""  # the judge's teacher name ("" = not judged)
 
 
 def _exact(q: str, a: str) -> tuple[str, str]:
@@ -326,7 +327,7 @@ def curate_records(synthetic: list[dict], originals: Iterable[Any], heldout: Map
     judge_pairs([it for it in items if not it.reason], judge_backends, judges, cfg, judge_batch_size)
   kept, rejected = [], []
   for it in items:
-    curation = {"grounding": round(it.grounding, 4), "judge": it.verdict}
+    curation = {"grounding": round(it.grounding, 4), "judge": it.verdict, "judged_by": it.judged_by}
     rec = {**it.rec, "provenance": {**(it.rec.get("provenance") or {}), "curation": curation}}
     if it.reason:
       rejected.append({**rec, "reason": it.reason, "detail": it.detail})

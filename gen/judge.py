@@ -47,7 +47,7 @@ def judge_pairs(items: list, backends: Mapping[str, backends_lib.Backend], judge
         backends[judge], [prompts.build_judge_messages(it.rec["context"], it.q, it.a) for it in batch], params)
       for it, out in zip(batch, outs):
         it.verdict = parse_verdict(out if isinstance(out, str) else None)
-        it.rec = {**it.rec, "judge": judge}
+        it.judged_by = judge
         if it.verdict is False:
           it.reason, it.detail = "judge_rejected", f"verdict no ({judge})"
         elif it.verdict is None and cfg.judge.on_parse_failure == "drop":

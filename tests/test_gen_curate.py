@@ -178,7 +178,8 @@ def test_llm_judge_and_parse_failure_policy():
   assert sorted(judge.seen) == sorted([q_yes, q_no, q_bad])  # filtered pairs never reach the judge
   assert {r["id"] for r in kept} == {"j-yes", "j-bad"}
   assert {r["id"]: r["reason"] for r in rejected} == {"j-no": "judge_rejected", "j-en": "not_hindi_question"}
-  assert next(r for r in kept if r["id"] == "j-yes")["provenance"]["curation"]["judge"] is True
+  curation = next(r for r in kept if r["id"] == "j-yes")["provenance"]["curation"]
+  assert curation["judge"] is True and curation["judged_by"] == "J"
   cfg.judge.on_parse_failure = "drop"
   kept, rejected, _ = curate_records(records, ORIGINALS, HELDOUT, cfg, {"J": FakeJudge(verdicts)})
   assert {r["id"] for r in kept} == {"j-yes"}
