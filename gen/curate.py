@@ -325,6 +325,12 @@ def curate_records(synthetic: list[dict], originals: Iterable[Any], heldout: Map
     if missing:
       raise ValueError(f"curate.judge.enabled is set but no backend for judge(s) {missing}")
     judge_pairs([it for it in items if not it.reason], judge_backends, judges, cfg, judge_batch_size)
+  reasons = {it.rec["id"]: it.reason for it in items}
+  for group in conflicts:  # later passes (corpus duplicates, judge) may drop a group's survivor
+    for m in group["members"]:
+      m["reason"] = reasons[m["id"]]
+    if group["kept"] and reasons[group["kept"]]:
+      group["kept"] = None
   kept, rejected = [], []
   for it in items:
     curation = {"grounding": round(it.grounding, 4), "judge": it.verdict, "judged_by": it.judged_by}
