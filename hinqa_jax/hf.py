@@ -2,8 +2,8 @@
 
 Reading goes parameter by parameter, each read from disk slice by slice: with a sharding, a process
 reads only the slices its devices hold, so host memory is about one process's shard plus one
-parameter's slices in flight, never the whole model. Everything
-is validated (config, names, shapes) before a byte of weights is read.
+parameter's slices in flight, never the whole model. Everything is validated (config, names, shapes)
+before a byte of weights is read.
 """
 from __future__ import annotations
 
@@ -170,6 +170,7 @@ def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
     groups.setdefault(p, (shape, [], transpose))[1].append(name)
   np_dtype = jnp.dtype(cfg.param_dtype)
   params: dict = {}
+
   def read(name: str, index: tuple[slice, ...], transpose: bool) -> np.ndarray:
     """index (over our axes) of one HF tensor, read from disk alone and cast.
 
