@@ -10,6 +10,7 @@ lines after step k (written by the interrupted run after its last checkpoint) ar
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hinqa_jax import checkpoint, hf, lora, model, sharding
+from hinqa_jax import checkpoint, hf, lora, model, sharding, validation
 from hinqa_jax.tracking import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -184,11 +185,13 @@ class _Preempted:
 
 
 def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_from: str | None = None,
-              mode: str = "lora", mesh=None, vocab_size: int | None = None, progress: bool = True) -> dict:
+              mode: str = "lora", mesh=None, vocab_size: int | None = None, progress: bool = True,
+              val_dataset=None) -> dict:
   """Train `config.train.num_steps` steps of one stage; resumes from WORKDIR/<stage>/checkpoints if present.
 
   dataset: a packing.PackedDataset (rows of config.data.seq_len tokens).
   init_from: another stage's checkpoint dir whose trainable tree starts this stage (M2 from M1).
+  val_dataset: packed val rows; with train.eval_every_steps > 0 their loss is logged as val_loss.
   """
   t = config.train
   stage_dir = Path(workdir) / stage
@@ -249,6 +252,10 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
     return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k], np.int32))
             for k in specs}
 
+  validator = None
+  if val_dataset is not None and t.eval_every_steps > 0:
+    validator = validation.Validator(config, val_dataset, functools.partial(
+        loss_sums, cfg=cfg, lcfg=lcfg, mode=mode, act_sharding=sharding.activation_sharding(mesh)), mesh, stage_dir)
   writer = MetricsWriter(stage_dir, resume_step=start, enabled=jax.process_index() == 0)
   from tqdm import tqdm
   bar = tqdm(total=t.num_steps, initial=start, desc=stage, disable=not progress or jax.process_index() != 0)
@@ -278,6 +285,8 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
     for step in range(start, t.num_steps):
       state, metrics = step_fn(state, frozen_arg, global_batch(step))  # dispatch step N ...
       flush()  # ... before reading step N-1's metrics
+      if validator is not None:
+        metrics = {**metrics, **validator.step(step + 1, state, frozen_arg, meta)}
       pending = (step + 1, metrics)
       n = step + 1
       stop = preempt.any_process()
