@@ -132,6 +132,7 @@ def vatika_llama3_8b(experiments: tuple[str, ...]) -> ml_collections.ConfigDict:
   c.train.learning_rate = 2e-4
   c.train.warmup_steps = 30
   c.train.weight_decay = 0.0
+  c.train.eval_every_steps = 100  # val loss on the VATIKA val split
   c.checkpoint.every_steps = 100
   c.checkpoint.keep = 3
   c.run.experiments = experiments
