@@ -166,24 +166,6 @@ def test_demo_config_runs_every_piece_on_a_shoestring(tmp_path):
   assert res["m1"]["test2"]["n"] == 2 and "loss.png" in out["plots"]
 
 
-def test_moved_workdir_reruns_nothing(demo_run, tmp_path, monkeypatch):
-  """Stage, data and evaluation keys hold content, not the workdir's path: a copied workdir is up to date."""
-  import shutil
-
-  from hinqa_jax import packing
-  c, w, _ = demo_run
-  moved = tmp_path / "elsewhere" / "w"
-  shutil.copytree(w, moved)
-
-  def fail(*args, **kwargs):
-    raise AssertionError("re-ran work in a moved workdir")
-  for target, name in ((train, "run_stage"), (pipeline, "evaluate"), (packing, "prepare")):
-    monkeypatch.setattr(target, name, fail)
-  pipeline.run(c, moved)
-  before, after = (json.loads((d / "results.json").read_text()) for d in (w, moved))
-  assert after == before  # provenance included: no absolute path in it
-
-
 def _seeded_config(tmp_path):
   syn = _synthetic_file(tmp_path / "synthetic.jsonl")
   return pipeline._with(_config(syn), **{"run.experiments": ("m1", "m3"), "run.per_teacher": False,
@@ -191,7 +173,7 @@ def _seeded_config(tmp_path):
                                           "train.eval_every_steps": 0})
 
 
-def test_seeds_twice_from_scratch_give_identical_results(tmp_path):
+def test_seeds_twice_from_scratch_give_identical_results_and_a_moved_workdir_reruns_nothing(tmp_path):
   c = _seeded_config(tmp_path)
   pipeline.run(c, tmp_path / "a")
   pipeline.run(c, tmp_path / "b")
@@ -208,3 +190,20 @@ def test_seeds_twice_from_scratch_give_identical_results(tmp_path):
   assert cell["std"]["qa_f1"] == pytest.approx(np.std([s["qa_f1"] for s in per_seed], ddof=1))
   assert [(r["a"], r["b"]) for r in res["comparisons"]["test1"]] == [("m1", "m3")]
   assert res["provenance"]["seeds"] == [0, 1]
+  _moved_workdir_reruns_nothing(c, tmp_path / "a", tmp_path / "elsewhere" / "a")
+
+
+def _moved_workdir_reruns_nothing(c, w, moved):
+  """Stage, data and evaluation keys hold content, not the workdir's path: a copied workdir is up to date."""
+  import shutil
+
+  from hinqa_jax import packing
+  shutil.copytree(w, moved)
+
+  def fail(*args, **kwargs):
+    raise AssertionError("re-ran work in a moved workdir")
+  with pytest.MonkeyPatch.context() as mp:
+    for target, name in ((train, "run_stage"), (pipeline, "evaluate"), (packing, "prepare")):
+      mp.setattr(target, name, fail)
+    pipeline.run(c, moved)
+  assert (moved / "results.json").read_text() == (w / "results.json").read_text()  # no absolute path in it
