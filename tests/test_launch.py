@@ -43,8 +43,8 @@ def _shellcheck() -> str:
 
 
 def _lint(script: Path) -> subprocess.CompletedProcess:
-  # SC2317: shellcheck reports the body of a function only called from `trap` as unreachable.
-  return subprocess.run([_shellcheck(), "--shell=bash", "--exclude=SC2317", str(script)],
+  # SC2317 (shellcheck 0.9) and SC2329 (0.10+) report a function only called from `trap` as unreachable/unused.
+  return subprocess.run([_shellcheck(), "--shell=bash", "--exclude=SC2317,SC2329", str(script)],
                         capture_output=True, text=True)
 
 
