@@ -79,5 +79,8 @@ class Validator:
     if self.best_mngr is not None and float(val_loss) < self.best:
       self.best = float(val_loss)
       checkpoint.save(self.best_mngr, n, state, {**meta, "val_loss": self.best})
+      # checkpoint.save is asynchronous; a best save is rare, so wait here: the stage may end or be
+      # killed any time after, and evaluation must find best/ whole.
+      self.best_mngr.wait_until_finished()
       log.info("step %d: val loss %.4f, the lowest so far: kept in %s", n, self.best, self.best_mngr.directory)
     return {"val_loss": val_loss}
