@@ -123,11 +123,16 @@ def _rotate_half(x):
   return jnp.concatenate([-x2, x1], axis=-1)
 
 
-def apply_rope(x_bthe, positions_bt, inv_freq):
-  """Rotary embedding in the rotate-half layout of HF checkpoints (no q/k permutation needed)."""
+def rope_tables(positions_bt, inv_freq, dtype):
+  """(cos, sin) [B,T,1,E] of the rotary embedding, made once per forward and shared by every layer."""
   freqs_bte = positions_bt.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
   emb = jnp.concatenate([freqs_bte, freqs_bte], axis=-1)[:, :, None, :]
-  cos, sin = jnp.cos(emb).astype(x_bthe.dtype), jnp.sin(emb).astype(x_bthe.dtype)
+  return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x_bthe, rope):
+  """Rotary embedding in the rotate-half layout of HF checkpoints (no q/k permutation needed)."""
+  cos, sin = rope
   return x_bthe * cos + _rotate_half(x_bthe) * sin
 
 
@@ -205,8 +210,8 @@ class Block(nnx.Module):
     q = proj(attn.q_proj, "self_attn", "q_proj", h, 0).reshape(b, t, cfg.n_heads, e)
     k = proj(attn.k_proj, "self_attn", "k_proj", h, 1).reshape(b, t, k_heads, e)
     v = proj(attn.v_proj, "self_attn", "v_proj", h, 2).reshape(b, t, k_heads, e)
-    q = apply_rope(q, ctx["positions"], ctx["inv_freq"])
-    k = apply_rope(k, ctx["positions"], ctx["inv_freq"])
+    q = apply_rope(q, ctx["rope"])
+    k = apply_rope(k, ctx["rope"])
     if cache is None:  # training and prefill: the backend's fused/blocked kernel over this chunk only
       out = attention.causal_attention(q, k, v, ctx["segment_ids"], mesh=ctx["mesh"])
       new_kv = {"k": k, "v": v} if ctx["want_kv"] else None
@@ -278,8 +283,8 @@ def _context(cfg: ModelConfig, b: int, t: int, segment_ids, positions, activatio
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   mesh = activation_sharding.mesh if activation_sharding is not None else None
-  return {"positions": positions, "inv_freq": rope_inv_freq(cfg), "segment_ids": segment_ids, "mesh": mesh,
-          "want_kv": False}
+  rope = rope_tables(positions, rope_inv_freq(cfg), _dtype(cfg.dtype))
+  return {"rope": rope, "segment_ids": segment_ids, "mesh": mesh, "want_kv": False}
 
 
 def _lora_settings(cfg: ModelConfig, lora_cfg, dropout_rng):
