@@ -18,6 +18,16 @@ from bench.common import MODELS, best_time, bench_models, machine  # noqa: E402
 from hinqa_jax import decode, model  # noqa: E402
 
 
+def prefill_seconds(cfg, params, batch: int, lengths=(256, 1024), reps: int = 3) -> dict:
+  """Our prefill time (generate with 1 new token) for batch x length prompts, best of reps, per length."""
+  out = {}
+  for n in lengths:
+    prompts = np.random.RandomState(n).randint(3, cfg.vocab_size, (batch, n)).tolist()
+    decode.generate(cfg, params, prompts, 1, eos_ids=[])  # compile
+    out[n] = best_time(lambda p=prompts: decode.generate(cfg, params, p, 1, eos_ids=[]), reps)
+  return out
+
+
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser()
   ap.add_argument("--batch", type=int, default=8)
@@ -25,8 +35,17 @@ def main(argv=None) -> dict:
   ap.add_argument("--new_tokens", type=int, default=128)
   ap.add_argument("--reps", type=int, default=3)
   ap.add_argument("--model", choices=sorted(MODELS), default="bench30m")
+  ap.add_argument("--prefill", action="store_true", help="only time our prefill of batch x 256 and x 1024 tokens")
   args = ap.parse_args(argv)
   m, cfg, params = bench_models(name=args.model)
+  if args.prefill:
+    t = prefill_seconds(cfg, params, args.batch)
+    result = {"bench": "prefill", "model": args.model, "batch": args.batch, "seconds": t,
+              "ms_per_token": {n: 1e3 * s / (args.batch * n) for n, s in t.items()}, "machine": machine()}
+    print(f"prefill {args.batch} x 256: {t[256]:.2f} s, {args.batch} x 1024: {t[1024]:.2f} s; per token "
+          + ", ".join(f"{n}: {v:.3f} ms" for n, v in result["ms_per_token"].items()))
+    print(json.dumps(result))
+    return result
   rs = np.random.RandomState(0)
   prompts = rs.randint(3, cfg.vocab_size, (args.batch, args.prompt_len))
   n = args.new_tokens
