@@ -42,7 +42,7 @@ def _chunk_nll(x_bcd, w_dv, labels_bc, weights_bc):
   lse_bc = jax.nn.logsumexp(logits, axis=-1)
   picked_bc = jnp.take_along_axis(logits, labels_bc[..., None], axis=-1)[..., 0]
   nll_sum = jnp.sum((lse_bc - picked_bc) * weights_bc)
-  probs = jnp.exp(logits - lse_bc[..., None])
+  probs = jax.nn.softmax(logits, axis=-1)
   onehot = jax.nn.one_hot(labels_bc, logits.shape[-1], dtype=jnp.float32)
   return nll_sum, (probs - onehot) * weights_bc[..., None]
 
