@@ -76,23 +76,27 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.curate = ml_collections.ConfigDict()
   c.curate.out_dir = ""  # "" = <out_dir>/curated
-  c.curate.min_devanagari_ratio = 0.8  # share of letters in question and answer that are Devanagari
+  c.curate.min_devanagari_ratio = 0.8  # share of letters that are Devanagari, question and answer each
   c.curate.min_question_tokens = 3  # shorter questions: too_short
   c.curate.min_answer_tokens = 3  # shorter answers: too_short (the task wants full sentences)
   c.curate.max_question_tokens = 40  # longer: too_long
   c.curate.max_answer_tokens = 80  # longer: too_long
   c.curate.ngram = 3  # character n-gram size of near-duplicate keys
-  c.curate.near_dup_threshold = 0.7  # Jaccard of loose question keys at/above which two questions match
+  c.curate.near_dup_threshold = 0.8  # Jaccard of loose question keys at/above which two questions match
   c.curate.contam_question_threshold = 0.7  # same, against held-out questions: contaminated
   c.curate.contam_ngram = 8  # word n-grams shared with held-out text (and absent from own context): contaminated
-  c.curate.grounding_threshold = 0.35  # min content-token F1 of answer vs best context sentence(s)
+  c.curate.grounding_threshold = 0.5  # min share of the answer's content stems in its best 3-sentence window
+  c.curate.new_content_threshold = 0.5  # min share of the answer's words beyond the question's found in the context
+  c.curate.minhash_threshold = 0.8  # corpus-wide near-duplicates: Jaccard of pair char n-grams (MinHash LSH)
+  c.curate.minhash_ngram = 5  # character n-gram size of the MinHash keys
   c.curate.agree_threshold = 0.6  # F1 of two answers beyond their questions' words at/above which they agree
-  c.curate.conflict_policy = "keep_best"  # keep_best (best grounded survives) | drop_all
+  c.curate.conflict_policy = "context"  # context (answers whose differing facts are in it survive) | drop_all
   c.curate.against_original = True  # duplicates of / conflicts with the original training QA are dropped
   c.curate.examples_per_reason = 3  # examples per rejection reason in the report
   c.curate.judge = ml_collections.ConfigDict()
   c.curate.judge.enabled = False  # LLM-judge filter on the pairs that passed everything else
-  c.curate.judge.teacher = ""  # name of the teacher section whose backend judges
+  c.curate.judge.teacher = ""  # default judge (a teacher name) for teachers not listed in judges
+  c.curate.judge.judges = ""  # "teacher:judge,..." per teacher; a teacher judging itself is an error
   c.curate.judge.on_parse_failure = "keep"  # keep | drop a pair whose verdict cannot be read
   c.curate.judge.temperature = 0.0  # judge sampling temperature
   c.curate.judge.max_tokens = 128  # judge budget per pair

@@ -1,4 +1,9 @@
-"""python -m gen synthesize|curate --config=configs/gen/<x>.py [--shard=i/N] [--config.key=value]"""
+"""python -m gen synthesize|curate --config=configs/gen/<x>.py [--shard=i/N] [--dry-run] [--config.key=value]
+
+`curate --dry-run` writes nothing: it prints, for every filter, how many pairs it alone would drop and
+how many it drops in pipeline order (with examples), and what each numeric threshold would drop at
+other values, so thresholds can be tuned on one's own data before a real run.
+"""
 from __future__ import annotations
 
 import json
@@ -8,19 +13,24 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "gen config file (configs/gen/*.py)", lock_config=True)
 _SHARD = flags.DEFINE_string("shard", "0/1", "synthesize: this worker's share i/N of the contexts")
+_DRY_RUN = flags.DEFINE_boolean("dry-run", False, "curate: print per-filter and per-threshold drop counts, write nothing")
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in ("synthesize", "curate"):
-    raise app.UsageError("usage: python -m gen synthesize|curate --config=configs/gen/<x>.py [--shard=i/N]")
+    raise app.UsageError("usage: python -m gen synthesize|curate --config=configs/gen/<x>.py [--shard=i/N] [--dry-run]")
+  if _DRY_RUN.value and argv[1] != "curate":
+    raise app.UsageError("--dry-run applies to curate only")
   import gen  # noqa: PLC0415 -- after flag parsing, so --help stays fast
   logging.set_verbosity(logging.INFO)
   if argv[1] == "synthesize":
     result = gen.synthesize(_CONFIG.value, shard=_SHARD.value)
   else:
-    result = gen.curate(_CONFIG.value)
-    result = {k: result[k] for k in ("totals", "per_teacher", "agreement", "outputs")}
+    result = gen.curate(_CONFIG.value, dry_run=_DRY_RUN.value)
+    keys = ("totals", "dry_run", "conflicts", "parse") if _DRY_RUN.value else ("totals", "per_teacher", "agreement",
+                                                                               "outputs")
+    result = {k: result[k] for k in keys}
   print(json.dumps(result, ensure_ascii=False, indent=1, sort_keys=True))
 
 

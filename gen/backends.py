@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import re
 import socket
 import time
 import urllib.error
@@ -30,6 +31,30 @@ class GenerationError(Exception):
 
 class ContextTooLong(GenerationError):
   """The rendered prompt does not fit the model's context window."""
+
+
+class ClientError(GenerationError):
+  """An HTTP 4xx the server will answer the same way on every retry (bad model name, bad key, bad schema)."""
+
+  def __init__(self, code: int, detail: str):
+    super().__init__(f"HTTP {code}: {detail}")
+    self.code, self.detail = code, detail
+
+
+class Completion(str):
+  """Generated text that also carries why generation stopped (stop | length | ...; "" = unknown)."""
+  finish_reason: str = ""
+
+  def __new__(cls, text: str, finish_reason: str = "") -> "Completion":
+    obj = super().__new__(cls, text)
+    obj.finish_reason = finish_reason or ""
+    return obj
+
+
+# How servers word "prompt longer than the context window" in a 400/413 body: vLLM ("maximum context
+# length", "is longer than the maximum model length"), OpenAI (context_length_exceeded), TGI and others.
+_TOO_LONG = re.compile(r"context[_ ]length|maximum context|maximum model length|too many tokens|"
+                       r"prompt is too long|input is too long|exceeds? the model", re.I)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +121,10 @@ def openai_request_body(model: str, messages: Messages, params: SamplingParams) 
   if params.structured == "json_object":
     body["response_format"] = {"type": "json_object"}
   elif params.structured == "json_schema" and params.json_schema is not None:
+    # OpenAI's form, which vLLM serve accepts too; the schema's root is an object ({"pairs": [...]}),
+    # the only root every grammar-constrained server starts from
     body["response_format"] = {"type": "json_schema",
-                               "json_schema": {"name": "output", "schema": params.json_schema}}
+                               "json_schema": {"name": "output", "schema": params.json_schema, "strict": True}}
   return body
 
 
@@ -126,7 +153,8 @@ class OpenAIBackend:
     self.url = base_url.rstrip("/") + "/chat/completions"
     self.api_key, self.concurrency, self.timeout_s = api_key, max(1, concurrency), timeout_s
     self.max_tries, self.backoff_s, self.max_backoff_s = max(1, max_tries), backoff_s, max_backoff_s
-    self.stats = {"requests": 0, "retries": 0, "failures": 0}
+    self.stats = {"requests": 0, "retries": 0, "failures": 0, "too_long": 0, "responses": 0,
+                  "prompt_tokens": 0, "completion_tokens": 0}
 
   @classmethod
   def from_config(cls, tcfg: Any, name: str) -> "OpenAIBackend":
@@ -146,7 +174,7 @@ class OpenAIBackend:
     delay = min(delay, self.max_backoff_s)
     return delay * (1 + 0.1 * random.random())  # jitter: concurrent workers do not retry in lockstep
 
-  def _post(self, body: dict) -> str:
+  def _post(self, body: dict) -> Completion:
     data = json.dumps(body, ensure_ascii=False).encode("utf-8")
     headers = {"Content-Type": "application/json"}
     if self.api_key:
@@ -159,15 +187,24 @@ class OpenAIBackend:
         request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
           payload = json.loads(resp.read().decode("utf-8"))
+        self.stats["responses"] += 1
+        usage = payload.get("usage") if isinstance(payload, dict) else None
+        if isinstance(usage, dict):  # the server's own token counts, when it reports them
+          self.stats["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+          self.stats["completion_tokens"] += int(usage.get("completion_tokens") or 0)
         try:
-          return payload["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
+          choice = payload["choices"][0]
+          return Completion(choice["message"]["content"] or "", str(choice.get("finish_reason") or ""))
+        except (KeyError, IndexError, TypeError, AttributeError):
           raise GenerationError(f"malformed response: {str(payload)[:200]}") from None
       except urllib.error.HTTPError as e:
-        detail = e.read()[:200].decode("utf-8", "replace")
+        detail = e.read()[:300].decode("utf-8", "replace")
         e.close()
+        if e.code in (400, 413) and _TOO_LONG.search(detail):
+          self.stats["too_long"] += 1
+          raise ContextTooLong(f"HTTP {e.code}: {detail}") from None
         if e.code != 429 and e.code < 500:  # a client error will not change on retry
-          raise GenerationError(f"HTTP {e.code}: {detail}") from None
+          raise ClientError(e.code, detail) from None
         error = GenerationError(f"HTTP {e.code} after {attempt + 1} tries: {detail}")
         retry_after = _retry_after_s(e.headers)
       except (TimeoutError, socket.timeout, urllib.error.URLError, ConnectionError,
@@ -181,6 +218,8 @@ class OpenAIBackend:
   def _one(self, messages: Messages, params: SamplingParams) -> str | Exception:
     try:
       return self._post(openai_request_body(self.model, messages, params))
+    except ContextTooLong as e:
+      return e
     except Exception as e:  # noqa: BLE001 -- counted per item
       self.stats["failures"] += 1
       return e
@@ -217,13 +256,11 @@ def vllm_engine_kwargs(tcfg: Any) -> dict:
 
 
 def structured_output_kwargs(sampling_module: Any, schema: dict) -> dict:
-  """JSON-schema constrained decoding for whichever API this vLLM has (feature-detected)."""
-  if hasattr(sampling_module, "StructuredOutputsParams"):  # vLLM >= 0.10.2 (guided_* removed in 0.12)
-    return {"structured_outputs": sampling_module.StructuredOutputsParams(json=schema)}
-  if hasattr(sampling_module, "GuidedDecodingParams"):  # older vLLM
-    return {"guided_decoding": sampling_module.GuidedDecodingParams(json=schema)}
-  log.warning("this vLLM has no structured output API; generating unconstrained JSON")
-  return {}
+  """JSON-schema constrained decoding, vLLM's structured-outputs API (requirements-gen.txt pins vLLM 0.11.0:
+  `SamplingParams(structured_outputs=StructuredOutputsParams(json=schema))`; guided_decoding is gone in 0.12)."""
+  if not hasattr(sampling_module, "StructuredOutputsParams"):
+    raise ImportError(f"this vLLM has no vllm.sampling_params.StructuredOutputsParams; {REQUIREMENTS_HINT}")
+  return {"structured_outputs": sampling_module.StructuredOutputsParams(json=schema)}
 
 
 def vllm_sampling_kwargs(params: SamplingParams, sampling_module: Any = None) -> dict:
@@ -279,7 +316,8 @@ class VllmBackend:
       sp = vllm.SamplingParams(**vllm_sampling_kwargs(params, self.sampling_module))
       results = self.llm.chat([messages_batch[i] for i in keep], sp, use_tqdm=False)
       for i, r in zip(keep, results):
-        out[i] = r.outputs[0].text if r.outputs else GenerationError("no output")
+        out[i] = (Completion(r.outputs[0].text, str(r.outputs[0].finish_reason or "")) if r.outputs
+                  else GenerationError("no output"))
     return out
 
 
@@ -347,5 +385,8 @@ class JaxBackend:
       if idx:
         new = self._run([ids[i] for i in idx], budget, params)
         for i, toks in zip(idx, new):
-          out[i] = self.tokenizer.decode(list(toks), skip_special_tokens=True)
+          toks = list(toks)
+          # decode.generate stops at an eos id or after `budget` tokens: the latter is a truncation
+          hit_eos = bool(toks) and int(toks[-1]) in self.eos_ids or len(toks) < budget
+          out[i] = Completion(self.tokenizer.decode(toks, skip_special_tokens=True), "stop" if hit_eos else "length")
     return out

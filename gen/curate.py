@@ -1,21 +1,30 @@
 """Curation of teacher outputs: filters with a reason code per rejected pair, and a report.
 
-Order (cheap and per-pair first, the LLM judge last):
-  not_hindi, too_short, too_long -> contaminated (held-out val/test1/test2) -> ungrounded
+Order (cheap and per-pair first, the LLM judge last); every pair gets the first reason that applies:
+  not_hindi_question, not_hindi_answer (Devanagari share of each field on its own), too_short,
+  too_long -> contaminated (held-out val/test1/test2)
+  -> faithfulness (gen/faithful.py): unsupported_number (a number or date the context does not
+     state), unsupported_entity (a named entity it does not mention), restates_question (nothing
+     new beyond the question's words, or a when/how-many/where question without that kind of
+     fact), ungrounded (share of the answer's content found in its best context window)
   -> per context, questions clustered by loose-key similarity (and the same interrogatives: कब
-     and कहाँ questions never merge) with the original QA as seeds:
-     same question as an original (duplicate_exact/_near, or conflict if the answers disagree);
-     several teachers on one question: the best grounded survives, the rest are duplicate_* when
-     their answers agree and conflict when not (conflict_policy=drop_all drops the whole cluster)
-  -> the same (question, answer) in another context: duplicate_exact -> judge_rejected.
+     and कहाँ questions never merge) with the original QA as seeds: the same question as an
+     original is duplicate_* (or conflict when the answers disagree); several teachers on one
+     question with disagreeing answers form a conflict group settled by the context: the answers
+     whose differing facts all occur in the context (and that pass the faithfulness checks) may
+     survive, the best grounded of them does; if none does, all are dropped (conflict);
+     conflict_policy=drop_all drops every group with a disagreement
+  -> corpus-wide near-duplicates (gen/dedup.py, MinHash LSH over normalised character n-grams,
+     against the original data first): duplicate_exact / duplicate_near
+  -> judge_rejected (an LLM judge that never judges its own teacher's pairs).
 Answers agree when the F1 of their content tokens beyond the questions' words reaches
-agree_threshold (`text.answer_agreement`: "सात पुजारी" vs "पाँच पुजारी" conflicts although most
-words match). The report counts agreement per pair of teachers, which is what mixing teachers
-(the paper's M3) runs into. Deterministic: same inputs and config, same bytes out.
+agree_threshold. The report counts agreement per pair of teachers and lists every conflict group.
+Deterministic: same inputs and config, same bytes out.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,14 +32,17 @@ import re
 from typing import Any, Iterable, Mapping
 
 from gen import backends as backends_lib
-from gen import prompts
-from gen.parse import parse_verdict
+from gen import faithful, prompts, report as report_lib
+from gen.dedup import NearDuplicates, pair_grams
+from gen.judge import judge_assignment, judge_pairs
 from gen.synthesize import context_id, field, write_atomic
-from gen.text import (answer_agreement, char_ngrams, devanagari_ratio, grounding_score, jaccard, loose_key, nfc,
-                      norm_tokens, question_type, word_ngrams)
+from gen.text import (answer_agreement, char_ngrams, devanagari_ratio, jaccard, loose_key, nfc, norm_tokens,
+                      question_type, word_ngrams)
 
-REASONS = ("not_hindi", "too_short", "too_long", "contaminated", "ungrounded", "duplicate_exact",
-           "duplicate_near", "conflict", "judge_rejected")
+REASONS = ("not_hindi_question", "not_hindi_answer", "too_short", "too_long", "contaminated", "unsupported_number",
+           "unsupported_entity", "restates_question", "ungrounded", "duplicate_exact", "duplicate_near", "conflict",
+           "judge_rejected")
+_CHEAP = ("not_hindi_question", "not_hindi_answer", "too_short", "too_long", "contaminated")
 
 
 @dataclasses.dataclass
@@ -43,9 +55,12 @@ class Item:
   grams: set  # char n-grams of the question's loose key
   qtype: frozenset = frozenset()  # interrogatives: near-duplicates must ask the same kind of thing
   grounding: float = 0.0
+  scores: dict = dataclasses.field(default_factory=dict)  # per-check measurements (dry-run sweeps)
+  flags: list = dataclasses.field(default_factory=list)  # every per-pair check that fails: (reason, detail)
   reason: str = ""
   detail: str = ""
   verdict: bool | None = None
+  judged_by: str = ""  # the judge's teacher name ("" = not judged)
 
 
 def _exact(q: str, a: str) -> tuple[str, str]:
@@ -125,31 +140,80 @@ class HeldOut:
     return best, where
 
 
-def _pair_filters(it: Item, cfg: Any, heldout: HeldOut, ctx_words: set) -> tuple[str, str]:
-  ratio = devanagari_ratio(it.q + " " + it.a)
-  if ratio < cfg.min_devanagari_ratio:
-    return "not_hindi", f"devanagari ratio {ratio:.2f}"
+def _pair_checks(it: Item, cfg: Any, heldout: HeldOut, ctx_words: set) -> list[tuple[str, str]]:
+  """Every per-pair check that fails, in REASONS order (the first is the pair's reason)."""
+  flags, ctx = [], it.rec["context"]
+  rq, ra = devanagari_ratio(it.q), devanagari_ratio(it.a)
   nq, na = len(norm_tokens(it.q)), len(norm_tokens(it.a))
+  it.scores.update(devanagari_question=rq, devanagari_answer=ra, question_tokens=nq, answer_tokens=na,
+                   grounding=it.grounding)
+  if rq < cfg.min_devanagari_ratio:
+    flags.append(("not_hindi_question", f"question devanagari ratio {rq:.2f}"))
+  if ra < cfg.min_devanagari_ratio:
+    flags.append(("not_hindi_answer", f"answer devanagari ratio {ra:.2f}"))
   if nq < cfg.min_question_tokens or na < cfg.min_answer_tokens:
-    return "too_short", f"{nq} question / {na} answer tokens"
+    flags.append(("too_short", f"{nq} question / {na} answer tokens"))
   if nq > cfg.max_question_tokens or na > cfg.max_answer_tokens:
-    return "too_long", f"{nq} question / {na} answer tokens"
+    flags.append(("too_long", f"{nq} question / {na} answer tokens"))
   score, where = heldout.nearest_question(it.grams)
-  if score >= cfg.contam_question_threshold:
-    return "contaminated", f"question matches held-out {where} (jaccard {score:.2f})"
   # n-grams the pair shares with held-out text count only when its own context does not explain them
   leaked = (word_ngrams(norm_tokens(it.q), cfg.contam_ngram) | word_ngrams(norm_tokens(it.a), cfg.contam_ngram))
   leaked = (leaked & heldout.words) - ctx_words
-  if leaked:
-    return "contaminated", f"{len(leaked)} held-out {cfg.contam_ngram}-gram(s), e.g. {' '.join(sorted(leaked)[0])!r}"
+  if score >= cfg.contam_question_threshold:
+    flags.append(("contaminated", f"question matches held-out {where} (jaccard {score:.2f})"))
+  elif leaked:
+    flags.append(("contaminated", f"{len(leaked)} held-out {cfg.contam_ngram}-gram(s), "
+                                  f"e.g. {' '.join(sorted(leaked)[0])!r}"))
+  bad = faithful.unsupported_numbers(it.a, ctx)
+  if bad:
+    flags.append(("unsupported_number", "not in the context: " + ", ".join(bad)))
+  bad = faithful.unsupported_entities(it.a, ctx)
+  if bad:
+    flags.append(("unsupported_entity", "not in the context: " + ", ".join(bad)))
+  why = faithful.restatement(it.q, it.a)
+  if why:
+    flags.append(("restates_question", why))
+  support = faithful.new_content_support(it.q, it.a, ctx)
+  it.scores["new_content_support"] = support
   if it.grounding < cfg.grounding_threshold:
-    return "ungrounded", f"grounding F1 {it.grounding:.2f}"
-  return "", ""
+    flags.append(("ungrounded", f"grounding {it.grounding:.2f} < {cfg.grounding_threshold}"))
+  elif support < cfg.new_content_threshold:
+    flags.append(("ungrounded", f"only {support:.2f} of what it adds beyond the question is in the context"))
+  return flags
+
+
+def _differing_supported(m: Item, group: list[Item]) -> bool:
+  """Whether the facts m's answer adds, beyond its group's questions and what every answer shares, are in the context."""
+  asked = set().union(*(faithful.content_stems(x.q) for x in group))
+  shared = set.intersection(*(set(faithful.content_stems(x.a)) for x in group))
+  ctx = set(faithful.content_stems(m.rec["context"])) | set(map(faithful.stem, faithful.tokens(m.rec["context"])))
+  differing = {s for s in faithful.content_stems(m.a) if s not in asked and s not in shared}
+  return differing <= ctx and not faithful.unsupported_numbers(m.a, m.rec["context"])
+
+
+def _settle_conflict(members: list[Item], cfg: Any) -> dict:
+  """A group of one question's disagreeing answers: the context decides; returns the report entry."""
+  supported = {id(m): not m.reason and _differing_supported(m, members) for m in members}
+  winners = [m for m in members if supported[id(m)]] if cfg.conflict_policy == "context" else []
+  best = min(winners, key=lambda m: (-m.grounding, m.teacher, m.rec["id"])) if winners else None
+  for m in members:
+    if m is best or m.reason:
+      continue
+    if best is not None and _agree((m.q, m.a), (best.q, best.a), cfg.agree_threshold):
+      m.reason, m.detail = "duplicate_near", f"same answer as {best.teacher} {best.rec['id']}"
+    elif best is not None:
+      m.reason, m.detail = "conflict", f"contradicts {best.teacher} {best.rec['id']}, which the context supports"
+    else:
+      m.reason, m.detail = "conflict", f"teachers disagree and no answer's differing facts are in the context"
+  return {"context_id": members[0].cid, "question": members[0].q,
+          "kept": best.rec["id"] if best else None,
+          "members": [{"id": m.rec["id"], "teacher": m.teacher, "answer": m.a, "supported": supported[id(m)],
+                       "reason": m.reason} for m in members]}
 
 
 def _resolve_clusters(items: list[Item], originals: list[tuple[str, str, str]], cfg: Any,
-                      agreement: dict) -> None:
-  """Cluster one context's surviving questions and mark duplicates and conflicts."""
+                      agreement: dict, conflicts: list) -> None:
+  """Cluster one context's questions; mark duplicates of originals and settle teacher conflicts."""
   clusters: list[dict] = [{"orig": o, "grams": [char_ngrams(loose_key(o[1]), cfg.ngram)],
                            "qtype": question_type(o[1]), "members": []} for o in originals]
   for it in items:
@@ -163,28 +227,35 @@ def _resolve_clusters(items: list[Item], originals: list[tuple[str, str, str]], 
   for c in clusters:
     members = c["members"]
     if c["orig"] is not None:
-      ref_id, ref_q, ref_a = c["orig"]
-      ref_name, rest = "original", members
+      ref_name, (ref_id, ref_q, ref_a) = "original", c["orig"]
+      for m in members:
+        if m.reason:
+          continue
+        if not _agree((m.q, m.a), (ref_q, ref_a), cfg.agree_threshold):
+          m.reason, m.detail = "conflict", f"answer disagrees with original {ref_id}"
+        elif _exact(m.q, m.a) == _exact(ref_q, ref_a):
+          m.reason, m.detail = "duplicate_exact", f"same as original {ref_id}"
+        else:
+          m.reason, m.detail = "duplicate_near", f"same question as original {ref_id}"
+      answers = {ref_name: [(ref_q, ref_a)]}
     elif members:
-      best = min(members, key=lambda m: (-m.grounding, m.teacher, m.rec["id"]))
-      ref_id, ref_q, ref_a, ref_name = best.rec["id"], best.q, best.a, best.teacher
-      rest = [m for m in members if m is not best]
+      pairs = [(x.q, x.a) for x in members]
+      if len(members) > 1 and any(not _agree(x, y, cfg.agree_threshold) for i, x in enumerate(pairs)
+                                  for y in pairs[i + 1:]):
+        conflicts.append(_settle_conflict(members, cfg))
+      else:
+        alive = [m for m in members if not m.reason]
+        best = min(alive, key=lambda m: (-m.grounding, m.teacher, m.rec["id"])) if alive else None
+        for m in alive:
+          if m is not best:
+            same = _exact(m.q, m.a) == _exact(best.q, best.a)
+            m.reason = "duplicate_exact" if same else "duplicate_near"
+            m.detail = f"same question as {best.teacher} {best.rec['id']}"
+      answers = {}
     else:
       continue
-    disagree = [m for m in rest if not _agree((m.q, m.a), (ref_q, ref_a), cfg.agree_threshold)]
-    for m in rest:
-      if m in disagree:
-        m.reason, m.detail = "conflict", f"answer disagrees with {ref_name} {ref_id}"
-      elif _exact(m.q, m.a) == _exact(ref_q, ref_a):
-        m.reason, m.detail = "duplicate_exact", f"same as {ref_name} {ref_id}"
-      else:
-        m.reason, m.detail = "duplicate_near", f"same question as {ref_name} {ref_id}"
-    if c["orig"] is None and disagree and cfg.conflict_policy == "drop_all":
-      best.reason, best.detail = "conflict", f"teachers disagree ({len(disagree)} other answer(s))"
-    answers = collections.defaultdict(list)  # source -> its answers to this question
-    answers[ref_name].append((ref_q, ref_a))
-    for m in rest:
-      answers[m.teacher].append((m.q, m.a))
+    for m in members:
+      answers.setdefault(m.teacher, []).append((m.q, m.a))
     sources = sorted(answers)
     for i, s in enumerate(sources):  # agreement statistics per pair of sources sharing a question
       for t in sources[i + 1:]:
@@ -193,35 +264,38 @@ def _resolve_clusters(items: list[Item], originals: list[tuple[str, str, str]], 
         pair["disagree"] += any(not _agree(x, y, cfg.agree_threshold) for x in answers[s] for y in answers[t])
 
 
-def _judge(items: list[Item], backend: backends_lib.Backend, cfg: Any, batch_size: int) -> None:
-  params = backends_lib.SamplingParams(temperature=float(cfg.judge.temperature), top_p=1.0,
-                                       max_tokens=int(cfg.judge.max_tokens), seed=0,
-                                       json_schema=prompts.VERDICT_SCHEMA)
-  for start in range(0, len(items), max(1, batch_size)):
-    batch = items[start:start + max(1, batch_size)]
-    outs = backends_lib.generate_safe(
-      backend, [prompts.build_judge_messages(it.rec["context"], it.q, it.a) for it in batch], params)
-    for it, out in zip(batch, outs):
-      it.verdict = parse_verdict(out if isinstance(out, str) else None)
-      if it.verdict is False:
-        it.reason, it.detail = "judge_rejected", "verdict no"
-      elif it.verdict is None and cfg.judge.on_parse_failure == "drop":
-        it.reason = "judge_rejected"
-        it.detail = "unreadable verdict" if isinstance(out, str) else f"judge failed: {out}"
+def _corpus_duplicates(items: list[Item], originals: list[tuple[str, str, str]], cfg: Any) -> None:
+  """MinHash LSH over the whole corpus: each surviving pair against the originals and earlier pairs."""
+  index = NearDuplicates(cfg.minhash_threshold, cfg.minhash_ngram)
+  for rid, q, a in originals:
+    index.add(f"original {rid}", pair_grams(q, a, cfg.minhash_ngram))
+  for it in items:
+    if it.reason:
+      continue
+    grams = pair_grams(it.q, it.a, cfg.minhash_ngram)
+    key, score = index.find(grams)
+    if key:
+      it.reason = "duplicate_exact" if score == 1.0 else "duplicate_near"
+      it.detail = f"{'same' if score == 1.0 else 'near-duplicate'} pair as {key} (jaccard {score:.2f})"
+    else:
+      index.add(f"{it.teacher} {it.rec['id']}", grams)
 
 
 def curate_records(synthetic: list[dict], originals: Iterable[Any], heldout: Mapping[str, Iterable[Any]],
-                   cfg: Any, judge_backend: backends_lib.Backend | None = None,
+                   cfg: Any, judge_backends: Mapping[str, backends_lib.Backend] | None = None,
                    judge_batch_size: int = 16) -> tuple[list[dict], list[dict], dict]:
-  """Pure curation: (kept records, rejected records with reason/detail, report dict)."""
+  """Pure curation: (kept records, rejected records with reason/detail, report dict).
+
+  judge_backends maps judge names (config teacher names) to backends, used when cfg.judge.enabled.
+  """
   held = HeldOut(heldout, cfg.ngram, cfg.contam_ngram)
   orig_by_ctx: dict[str, list[tuple[str, str, str]]] = collections.defaultdict(list)
-  orig_exact: dict[tuple[str, str], str] = {}
+  orig_all = []
   for r in originals:
     ctx, q, a = nfc(str(field(r, "context"))), nfc(str(field(r, "question"))), nfc(str(field(r, "answer")))
     if ctx and q and a:
       orig_by_ctx[context_id(str(field(r, "domain")), ctx)].append((str(field(r, "id")), q, a))
-      orig_exact.setdefault(_exact(q, a), str(field(r, "id")))
+      orig_all.append((str(field(r, "id")), q, a))
   items, ctx_words = [], {}
   for rec in sorted(synthetic, key=lambda r: (r.get("source", ""), r["id"])):
     rec = {**rec, "context": nfc(rec["context"]), "question": nfc(rec["question"]), "answer": nfc(rec["answer"]),
@@ -231,84 +305,41 @@ def curate_records(synthetic: list[dict], originals: Iterable[Any], heldout: Map
       ctx_words[cid] = word_ngrams(norm_tokens(rec["context"]), cfg.contam_ngram)
     grams = char_ngrams(loose_key(rec["question"]), cfg.ngram)
     it = Item(rec, rec["source"], cid, rec["question"], rec["answer"], grams, question_type(rec["question"]))
-    it.grounding = grounding_score(it.a, rec["context"])
-    it.reason, it.detail = _pair_filters(it, cfg, held, ctx_words[cid])
+    it.grounding = faithful.grounding_score(it.a, rec["context"])
+    it.flags = _pair_checks(it, cfg, held, ctx_words[cid])
+    it.reason, it.detail = it.flags[0] if it.flags else ("", "")
     items.append(it)
   by_ctx = collections.defaultdict(list)
-  for it in items:
-    if not it.reason:
+  for it in items:  # faithfulness failures stay in the clusters: a conflict group shows every answer
+    if it.reason not in _CHEAP:
       by_ctx[it.cid].append(it)
   agreement: dict = {}
+  conflicts: list = []
   for cid in sorted(by_ctx):
-    _resolve_clusters(by_ctx[cid], orig_by_ctx.get(cid, []) if cfg.against_original else [], cfg, agreement)
-  seen_exact = dict(orig_exact) if cfg.against_original else {}
-  for it in items:  # the same pair again in another context
-    if not it.reason:
-      key = _exact(it.q, it.a)
-      if key in seen_exact:
-        it.reason, it.detail = "duplicate_exact", f"same pair as {seen_exact[key]}"
-      else:
-        seen_exact[key] = it.rec["id"]
+    _resolve_clusters(by_ctx[cid], orig_by_ctx.get(cid, []) if cfg.against_original else [], cfg, agreement,
+                      conflicts)
+  _corpus_duplicates(items, orig_all if cfg.against_original else [], cfg)
   if cfg.judge.enabled:
-    if judge_backend is None:
-      raise ValueError("curate.judge.enabled is set but no judge backend was given")
-    _judge([it for it in items if not it.reason], judge_backend, cfg, judge_batch_size)
+    judges = judge_assignment({it.teacher for it in items}, cfg.judge)
+    missing = sorted(set(judges.values()) - set(judge_backends or {}))
+    if missing:
+      raise ValueError(f"curate.judge.enabled is set but no backend for judge(s) {missing}")
+    judge_pairs([it for it in items if not it.reason], judge_backends, judges, cfg, judge_batch_size)
+  reasons = {it.rec["id"]: it.reason for it in items}
+  for group in conflicts:  # later passes (corpus duplicates, judge) may drop a group's survivor
+    for m in group["members"]:
+      m["reason"] = reasons[m["id"]]
+    if group["kept"] and reasons[group["kept"]]:
+      group["kept"] = None
   kept, rejected = [], []
   for it in items:
-    curation = {"grounding": round(it.grounding, 4), "judge": it.verdict}
+    curation = {"grounding": round(it.grounding, 4), "judge": it.verdict, "judged_by": it.judged_by}
     rec = {**it.rec, "provenance": {**(it.rec.get("provenance") or {}), "curation": curation}}
     if it.reason:
       rejected.append({**rec, "reason": it.reason, "detail": it.detail})
     else:
       kept.append(rec)
-  return kept, rejected, _report(items, agreement, cfg)
-
-
-def _report(items: list[Item], agreement: dict, cfg: Any) -> dict:
-  per_teacher: dict = {}
-  per_reason = {r: {"count": 0, "examples": []} for r in REASONS}
-  for it in items:
-    t = per_teacher.setdefault(it.teacher, {"input": 0, "kept": 0, "rejected": {r: 0 for r in REASONS}})
-    t["input"] += 1
-    if not it.reason:
-      t["kept"] += 1
-      continue
-    t["rejected"][it.reason] += 1
-    slot = per_reason[it.reason]
-    slot["count"] += 1
-    if len(slot["examples"]) < cfg.examples_per_reason:
-      slot["examples"].append({"id": it.rec["id"], "question": it.q, "answer": it.a, "detail": it.detail})
-  for t in per_teacher.values():
-    t["keep_rate"] = round(t["kept"] / t["input"], 4) if t["input"] else 0.0
-  for pair in agreement.values():
-    pair["agree_rate"] = round(1 - pair["disagree"] / pair["shared_questions"], 4)
-  kept = sum(t["kept"] for t in per_teacher.values())
-  return {"totals": {"input": len(items), "kept": kept, "rejected": len(items) - kept},
-          "per_teacher": per_teacher, "per_reason": per_reason,
-          "agreement": dict(sorted(agreement.items())), "thresholds": cfg.to_dict()}
-
-
-def report_markdown(report: dict) -> str:
-  """The report as a short Markdown page."""
-  t = report["totals"]
-  lines = ["# Synthetic data curation", "", f"{t['input']} pairs in, {t['kept']} kept, {t['rejected']} rejected.", "",
-           "| teacher | in | kept | keep rate | " + " | ".join(REASONS) + " |",
-           "|---" * (4 + len(REASONS)) + "|"]
-  for name, s in sorted(report["per_teacher"].items()):
-    lines.append(f"| {name} | {s['input']} | {s['kept']} | {s['keep_rate']:.2f} | "
-                 + " | ".join(str(s["rejected"][r]) for r in REASONS) + " |")
-  if report["agreement"]:
-    lines += ["", "## Agreement on shared questions", "", "| sources | shared questions | disagree | agree rate |",
-              "|---|---|---|---|"]
-    lines += [f"| {k.replace('|', ' vs ')} | {v['shared_questions']} | {v['disagree']} | {v['agree_rate']:.2f} |"
-              for k, v in report["agreement"].items()]
-  lines += ["", "## Rejections by reason", ""]
-  for reason, slot in report["per_reason"].items():
-    if slot["count"]:
-      lines.append(f"### {reason} ({slot['count']})")
-      lines += [f"- `{e['id']}`: {e['question']} → {e['answer']} ({e['detail']})" for e in slot["examples"]]
-      lines.append("")
-  return "\n".join(lines) + "\n"
+  return kept, rejected, report_lib.build(items, agreement, conflicts, cfg, REASONS)
 
 
 def _read_split(path: str) -> list:
@@ -316,40 +347,57 @@ def _read_split(path: str) -> list:
   return list(data.read_records(path))
 
 
-def curate(config: Any, *, judge_backend: backends_lib.Backend | None = None,
-           originals: Iterable[Any] | None = None, heldout: Mapping[str, Iterable[Any]] | None = None) -> dict:
+def curate(config: Any, *, judge_backends: Mapping[str, backends_lib.Backend] | None = None,
+           originals: Iterable[Any] | None = None, heldout: Mapping[str, Iterable[Any]] | None = None,
+           dry_run: bool = False) -> dict:
   """Merge teacher (shard) files in config.out_dir, curate, write outputs; returns the report.
 
-  `originals` / `heldout` replace reading config.data.train / val, test1, test2.
+  `originals` / `heldout` replace reading config.data.train / val, test1, test2. dry_run writes
+  nothing and adds report["dry_run"]: per filter and threshold, how many pairs it would drop.
   """
   cfg = config.curate
   out_dir = cfg.out_dir or os.path.join(config.out_dir, "curated")
-  files = teacher_files(config.out_dir, sorted(config.teachers.keys()))
+  names = sorted(config.teachers.keys())
+  files = teacher_files(config.out_dir, names)
   synthetic = load_synthetic(files)
   if originals is None:
     train = (config.data.train,) if isinstance(config.data.train, str) else tuple(config.data.train)
     originals = [r for p in train for r in _read_split(p)]
   if heldout is None:
     heldout = {s: _read_split(getattr(config.data, s)) for s in ("val", "test1", "test2") if getattr(config.data, s)}
-  if cfg.judge.enabled and judge_backend is None:
-    if cfg.judge.teacher not in config.teachers:
-      raise ValueError(f"curate.judge.teacher {cfg.judge.teacher!r} is not one of {sorted(config.teachers.keys())}")
-    judge_backend = backends_lib.make_backend(config.teachers[cfg.judge.teacher], cfg.judge.teacher)
-  batch = int(config.teachers[cfg.judge.teacher].batch_size) if cfg.judge.teacher in config.teachers else 16
-  kept, rejected, report = curate_records(synthetic, originals, heldout, cfg, judge_backend, batch)
+  judges = judge_assignment(names, cfg.judge) if cfg.judge.enabled or cfg.judge.judges else {}
+  if cfg.judge.enabled and not dry_run:
+    unknown = sorted(set(judges.values()) - set(names))
+    if unknown:
+      raise ValueError(f"curate.judge names judge(s) {unknown} that are not teachers {names}")
+    for t, j in sorted(judges.items()):  # two sections serving one model are one judge in disguise
+      if config.teachers[j].model == config.teachers[t].model:
+        raise ValueError(f"curate.judge: judge {j!r} serves the same model as teacher {t!r} "
+                         f"({config.teachers[t].model!r}); a teacher never judges its own pairs")
+    judge_backends = dict(judge_backends or {})
+    for j in sorted(set(judges.values()) - set(judge_backends)):
+      judge_backends[j] = backends_lib.make_backend(config.teachers[j], j)
+  batch = min((int(config.teachers[j].batch_size) for j in set(judges.values()) if j in config.teachers), default=16)
+  with cfg.unlocked() if dry_run else contextlib.nullcontext():
+    if dry_run:
+      cfg.judge.enabled = False  # a dry run asks no judge
+    kept, rejected, report = curate_records(synthetic, originals, heldout, cfg, judge_backends, batch)
+  report["parse"] = report_lib.parse_drops(config.out_dir, names)
   report["inputs"] = {"files": {t: [os.path.basename(p) for p in ps] for t, ps in files.items()},
                       "missing_shards": {t: _missing_shards(ps) for t, ps in files.items()},
                       "heldout": {s: len(list(r)) for s, r in heldout.items()},
                       "prompt_versions": sorted({str((r.get("provenance") or {}).get("prompt_version"))
                                                  for r in synthetic})}
-  report["judge"] = {"enabled": bool(cfg.judge.enabled), "version": prompts.JUDGE_VERSION,
+  report["judge"] = {"enabled": bool(cfg.judge.enabled), "judges": judges, "version": prompts.JUDGE_VERSION,
                      "template_hash": prompts.judge_template_hash()}
-  names = {"curated": "synthetic.jsonl", "rejected": "rejected.jsonl", "json": "report.json", "md": "report.md"}
-  paths = {k: os.path.join(out_dir, f) for k, f in names.items()}
+  if dry_run:
+    return report
+  names_out = {"curated": "synthetic.jsonl", "rejected": "rejected.jsonl", "json": "report.json", "md": "report.md"}
+  paths = {k: os.path.join(out_dir, f) for k, f in names_out.items()}
   report["outputs"] = paths
   dump = lambda rows: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)  # noqa: E731
   write_atomic(paths["curated"], dump(kept))
   write_atomic(paths["rejected"], dump(rejected))
   write_atomic(paths["json"], json.dumps(report, ensure_ascii=False, indent=1, sort_keys=True))
-  write_atomic(paths["md"], report_markdown(report))
+  write_atomic(paths["md"], report_lib.markdown(report, REASONS))
   return report

@@ -2,13 +2,18 @@
 
 Teachers rarely return exactly the JSON asked for. In order, `parse_pairs` tries:
 1. the JSON value after any code fence or prose (a list, a single object, or an object wrapping
-   a list such as {"pairs": [...]} which json_object response formats force);
-2. salvage: every complete {...} object in a broken or truncated JSON text;
+   a list such as {"pairs": [...]}, the shape structured output asks for), and the same as a
+   Python literal (single quotes, True/None, trailing commas) read with ast.literal_eval, which
+   evaluates literals only, never code;
+2. salvage: every complete {...} object (JSON or Python literal) in a broken or truncated text;
 3. labelled lines: "1. प्रश्न: ... उत्तर: ..." (also Q:/A:, सवाल/जवाब), on one line or several.
-Keys are matched loosely (question/q/prashn/प्रश्न..., answer/a/uttar/उत्तर...).
+Keys are matched loosely (question/q/prashn/प्रश्न..., answer/a/uttar/उत्तर...). Every item the
+parser sees but cannot use is counted in `Parsed.dropped` by reason (`PARSE_DROPS`).
 """
 from __future__ import annotations
 
+import ast
+import collections
 import dataclasses
 import json
 import re
@@ -19,21 +24,27 @@ _FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)(?:```|\Z)", re.S)
 _TRAILING_COMMA = re.compile(r",\s*([\]}])")
 _Q_LABEL = r"(?:प्रश्न|सवाल|question|ques|q)"
 _A_LABEL = r"(?:उत्तर|जवाब|answer|ans|a)"
+_ITEM_START = r"(?:^|\n)[ \t]*(?:[-*•]|\d+[.)])?[ \t]*\**" + _Q_LABEL + r"\**[ \t]*\d*[ \t]*\**[:：.)-]"
 # A labelled question starts a line (after an optional "1." / "2)" / "-" marker and ** bold marks).
 _LABELLED = re.compile(
-  r"(?:^|\n)[ \t]*(?:[-*•]|\d+[.)])?[ \t]*\**" + _Q_LABEL + r"\**[ \t]*\d*[ \t]*\**[:：.)-]\**[ \t]*(.+?)"
-  r"\s*(?<=[\s*|?।.)])\**" + _A_LABEL + r"\**[ \t]*\d*[ \t]*\**[:：.)-]\**[ \t]*(.+?)"
+  _ITEM_START + r"\**[ \t]*(.+?)"
+  r"\s*(?<=[\s*|?।.)])\**" + _A_LABEL + r"\**[ \t]*\d*[ \t]*\**[:：.)-]\**[ \t]*(.*?)"
   r"(?=\n[ \t]*(?:[-*•]|\d+[.)])?[ \t]*\**" + _Q_LABEL + r"\**[ \t]*\d*[ \t]*\**[:：.)-]|\n\s*\n|\Z)",
   re.S | re.I)
+_MAX_LITERAL = 200_000  # ast.literal_eval is safe, but its parse cost grows with size: cap it
+# Reasons an item is dropped by the parser; each is counted in Parsed.dropped.
+PARSE_DROPS = ("empty_question", "empty_answer", "missing_field", "not_text", "truncated", "repeated")
 
 
 @dataclasses.dataclass(frozen=True)
 class Parsed:
   pairs: list[tuple[str, str]]  # (question, answer), stripped, both non-empty
   status: str  # ok (clean JSON) | salvaged (repaired or non-JSON format) | garbage (nothing usable)
+  dropped: dict[str, int] = dataclasses.field(default_factory=dict)  # PARSE_DROPS reason -> count
 
 
-def _pair_from(obj: object) -> tuple[str, str] | None:
+def _pair_from(obj: object) -> tuple[str, str] | str | None:
+  """(q, a), or the drop reason for an item that is a dict but unusable; None for a non-dict."""
   if not isinstance(obj, dict):
     return None
   q = a = None
@@ -43,24 +54,30 @@ def _pair_from(obj: object) -> tuple[str, str] | None:
       q = value
     elif k in _A_KEYS and a is None:
       a = value
-  if not isinstance(q, str) or not isinstance(a, str) or not q.strip() or not a.strip():
-    return None
+  if q is None or a is None:
+    return "missing_field"
+  if not isinstance(q, str) or not isinstance(a, str):
+    return "not_text"
+  if not q.strip():
+    return "empty_question"
+  if not a.strip():
+    return "empty_answer"
   return " ".join(q.split()), " ".join(a.split())
 
 
-def _pairs_from_value(value: object) -> list[tuple[str, str]] | None:
-  """Pairs from a decoded JSON value; None when its shape is not a QA list at all."""
+def _pairs_from_value(value: object) -> list[tuple[str, str] | str] | None:
+  """Items (pairs or drop reasons) of a decoded value; None when its shape is not a QA list at all."""
   if isinstance(value, dict):
     single = _pair_from(value)
-    if single:
+    if isinstance(single, tuple):
       return [single]
     lists = [v for v in value.values() if isinstance(v, list)]
-    if len(lists) == 1:  # a wrapper object like {"pairs": [...]}
-      value = lists[0]
-    else:
+    if len(lists) != 1:  # a wrapper object like {"pairs": [...]} has exactly one list
       return None
+    value = lists[0]
   if isinstance(value, list):
-    return [p for p in map(_pair_from, value) if p]
+    items = [p for p in map(_pair_from, value) if p is not None]
+    return items if any(isinstance(p, tuple) for p in items) else None
   return None
 
 
@@ -69,8 +86,46 @@ def _json_candidates(text: str) -> list[str]:
   return fenced + [text]
 
 
+def _balanced_end(text: str, start: int) -> int:
+  """Index after the bracket that closes text[start]; -1 if it never closes (strings of ' or " skipped)."""
+  depth, quote, esc = 0, "", False
+  for i in range(start, len(text)):
+    ch = text[i]
+    if quote:
+      if esc:
+        esc = False
+      elif ch == "\\":
+        esc = True
+      elif ch == quote:
+        quote = ""
+    elif ch in "\"'":
+      quote = ch
+    elif ch in "[{":
+      depth += 1
+    elif ch in "]}":
+      depth -= 1
+      if depth == 0:
+        return i + 1
+  return -1
+
+
+def _literal(text: str) -> object:
+  """A JSON or Python-literal value of exactly `text`; raises ValueError if it is neither."""
+  for candidate in (text, _TRAILING_COMMA.sub(r"\1", text)):
+    try:
+      return json.loads(candidate)
+    except json.JSONDecodeError:
+      pass
+  if len(text) <= _MAX_LITERAL:
+    try:
+      return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+      pass
+  raise ValueError("not a literal")
+
+
 def _decode_first(text: str) -> object:
-  """Decode the first JSON list or object in text, ignoring prose before and after it."""
+  """Decode the first JSON/Python-literal list or object in text, ignoring prose around it."""
   decoder = json.JSONDecoder()
   for match in re.finditer(r"[\[{]", text):
     for candidate in (text[match.start():], _TRAILING_COMMA.sub(r"\1", text[match.start():])):
@@ -78,34 +133,52 @@ def _decode_first(text: str) -> object:
         return decoder.raw_decode(candidate)[0]
       except json.JSONDecodeError:
         continue
+    end = _balanced_end(text, match.start())
+    if end > 0:
+      try:
+        return _literal(text[match.start():end])
+      except ValueError:
+        continue
   raise ValueError("no JSON value")
 
 
-def _complete_objects(text: str) -> list[str]:
-  """Every balanced {...} substring (any depth), scanning strings and escapes correctly."""
-  found, starts, in_str, esc = [], [], False, False
+def _complete_objects(text: str) -> tuple[list[str], bool]:
+  """Innermost-first balanced {...} substrings, and whether an object was left open (truncation)."""
+  found, starts, quote, esc = [], [], "", False
   for i, ch in enumerate(text):
-    if in_str:
+    if quote:
       if esc:
         esc = False
       elif ch == "\\":
         esc = True
-      elif ch == '"':
-        in_str = False
-    elif ch == '"':
-      in_str = True
+      elif ch == quote:
+        quote = ""
+    elif ch == '"' or ch == "'" and starts:  # an apostrophe in prose outside any object is no quote
+      quote = ch
     elif ch == "{":
       starts.append(i)
     elif ch == "}" and starts:
       found.append(text[starts.pop():i + 1])
-  return found
+  return found, bool(starts)
+
+
+def _tally(items: list[tuple[str, str] | str]) -> tuple[list[tuple[str, str]], collections.Counter]:
+  pairs, dropped = [], collections.Counter()
+  for item in items:
+    if isinstance(item, str):
+      dropped[item] += 1
+    elif item in pairs:
+      dropped["repeated"] += 1
+    else:
+      pairs.append(item)
+  return pairs, dropped
 
 
 def parse_pairs(text: str | None) -> Parsed:
   """Parse one teacher response; never raises."""
   if not text or not text.strip():
     return Parsed([], "garbage")
-  decoded: list[tuple[str, str]] = []
+  decoded: list = []
   for candidate in _json_candidates(text):
     try:
       decoded = _pairs_from_value(_decode_first(candidate)) or []
@@ -113,23 +186,35 @@ def parse_pairs(text: str | None) -> Parsed:
       continue
     if decoded:
       break
-  salvaged = []
-  for obj_text in _complete_objects(text):
+  objects, left_open = _complete_objects(text)
+  salvaged: list = []
+  for obj_text in objects:
     try:
-      pair = _pair_from(json.loads(_TRAILING_COMMA.sub(r"\1", obj_text)))
-    except json.JSONDecodeError:
+      value = _literal(obj_text)
+    except ValueError:
       continue
-    if pair and pair not in salvaged:
-      salvaged.append(pair)
+    if isinstance(value, dict) and any(isinstance(v, (list, dict)) for v in value.values()):
+      continue  # a wrapper ({"pairs": [...]}), not an item
+    item = _pair_from(value)
+    if item is not None and (isinstance(item, str) or item not in salvaged):
+      salvaged.append(item)
   # A truncated list decodes only as its first inner object: the salvage then finds more.
-  if decoded and len(decoded) >= len(salvaged):
-    return Parsed(decoded, "ok")
-  if not salvaged:
-    for m in _LABELLED.finditer(text):
-      q, a = (" ".join(g.strip(" *\"'").split()) for g in m.groups())
-      if q and a:
-        salvaged.append((q, a))
-  return Parsed(salvaged, "salvaged" if salvaged else "garbage")
+  n_dec, n_salv = (sum(isinstance(p, tuple) for p in x) for x in (decoded, salvaged))
+  if n_dec and n_dec >= n_salv or n_salv:
+    use_decoded = n_dec > n_salv or n_dec == n_salv and len(decoded) >= len(salvaged)
+    pairs, dropped = _tally(decoded if use_decoded else salvaged)
+    if left_open:  # the last item was cut off (max_tokens): counted, not silently lost
+      dropped["truncated"] += 1
+    return Parsed(pairs, "ok" if use_decoded and not left_open else "salvaged", dict(dropped))
+  items: list = []
+  for m in _LABELLED.finditer(text):
+    q, a = (" ".join(g.strip(" *\"'").split()) for g in m.groups())
+    items.append("empty_question" if not q else "empty_answer" if not a else (q, a))
+  starts = len(re.findall(_ITEM_START, text, re.I))
+  pairs, dropped = _tally(items)
+  if pairs and starts > len(items):  # a labelled question with no answer label after it
+    dropped["missing_field"] += starts - len(items)
+  return Parsed(pairs, "salvaged" if pairs else "garbage", dict(dropped))
 
 
 _YES = {"yes", "true", "accept", "keep", "हाँ", "हां", "सही", "स्वीकार"}

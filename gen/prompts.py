@@ -12,7 +12,7 @@ import json
 import random
 import string
 
-PROMPT_VERSION = "qa-hi-v1"
+PROMPT_VERSION = "qa-hi-v2"  # v2: the answer is an object {"pairs": [...]} (structured output needs an object root)
 JUDGE_VERSION = "judge-hi-v1"
 
 GEN_SYSTEM = (
@@ -33,7 +33,7 @@ $existing
 1. हर उत्तर संदर्भ में लिखी जानकारी से ही निकले; अपनी ओर से कोई तथ्य न जोड़ें।
 2. उत्तर पूरे वाक्य में, शुद्ध हिंदी (देवनागरी लिपि) में लिखें।
 3. प्रश्न एक-दूसरे से और पहले से मौजूद प्रश्नों से अलग हों, और संदर्भ के अलग-अलग तथ्यों के बारे में हों।
-4. केवल एक JSON सूची लौटाएँ जिसकी हर वस्तु {"question": "...", "answer": "..."} हो; JSON के पहले या बाद कुछ न लिखें।"""
+4. केवल एक JSON वस्तु लौटाएँ: {"pairs": [{"question": "...", "answer": "..."}, ...]}; JSON के पहले या बाद कुछ न लिखें।"""
 
 GEN_EXISTING = """
 इस संदर्भ पर ये प्रश्न पहले से मौजूद हैं, इन्हें न दोहराएँ:
@@ -57,20 +57,28 @@ $context
 तीनों बातें सही हों तो "yes", वरना "no" लिखें।
 केवल यह JSON लौटाएँ: {"verdict": "yes" या "no", "reason": "एक छोटा कारण"}"""
 
-# JSON schema of the expected answer, for engines with structured (constrained) output.
+# JSON schema of the expected answer, for engines with structured (constrained) output. The root is
+# an object: OpenAI's json_schema and json_object modes and several grammar backends cannot start a list.
 PAIRS_SCHEMA = {
-  "type": "array",
-  "minItems": 1,
-  "items": {
-    "type": "object",
-    "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
-    "required": ["question", "answer"],
-  },
+  "type": "object",
+  "properties": {"pairs": {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+      "type": "object",
+      "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+      "required": ["question", "answer"],
+      "additionalProperties": False,
+    },
+  }},
+  "required": ["pairs"],
+  "additionalProperties": False,
 }
 VERDICT_SCHEMA = {
   "type": "object",
   "properties": {"verdict": {"type": "string", "enum": ["yes", "no"]}, "reason": {"type": "string"}},
-  "required": ["verdict"],
+  "required": ["verdict", "reason"],
+  "additionalProperties": False,
 }
 
 
@@ -103,7 +111,7 @@ def pick_examples(pool: list[tuple[str, str, str]], k: int, seed: str,
 
 def build_messages(domain: str, context: str, examples: list[tuple[str, str]], num_pairs: int,
                    existing_questions: list[str] = ()) -> list[dict[str, str]]:
-  """System and user chat messages asking for `num_pairs` new QA pairs as a JSON list."""
+  """System and user chat messages asking for `num_pairs` new QA pairs as {"pairs": [...]}."""
   shots = json.dumps([{"question": q, "answer": a} for q, a in examples], ensure_ascii=False, indent=1)
   existing = ""
   if existing_questions:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from gen import backends as backends_lib
 from gen import prompts
-from gen.parse import parse_pairs
+from gen.parse import PARSE_DROPS, parse_pairs
 from gen.text import nfc
 
 log = logging.getLogger(__name__)
@@ -177,14 +177,30 @@ def _unit_result(name: str, ctx: Context, sample: int, out: Any, base: dict) -> 
   if out is None or isinstance(out, Exception):
     return {**entry, "status": "failed", "pairs": 0, "error": f"{type(out).__name__}: {out}"}, []
   parsed = parse_pairs(out)
-  entry.update(status=parsed.status, pairs=len(parsed.pairs))
+  finish = getattr(out, "finish_reason", "")
+  entry.update(status=parsed.status, pairs=len(parsed.pairs), finish_reason=finish, dropped=parsed.dropped)
   if parsed.status == "garbage":
     entry["raw"] = out[:500]  # enough to see how a teacher goes wrong
-  provenance = {**base, "context_id": ctx.cid, "sample": sample, "unit": unit, "parse_status": parsed.status}
+  provenance = {**base, "context_id": ctx.cid, "sample": sample, "unit": unit, "parse_status": parsed.status,
+                "finish_reason": finish}
   rows = [{"id": f"{name}-{ctx.cid}-{sample}-{k}", "domain": ctx.domain, "context": ctx.text,
            "question": q, "answer": a, "source": name, "provenance": provenance}
           for k, (q, a) in enumerate(parsed.pairs)]
   return entry, rows
+
+
+def _stop_on_client_errors(name: str, outputs: list[Any], run: collections.Counter) -> None:
+  """Stop the run when everything so far failed with one and the same client (4xx) error.
+
+  A wrong model name, key or schema fails every request identically; going on would only write
+  a journal of failures and exit 0.
+  """
+  errors = {(o.code, o.detail) for o in outputs if isinstance(o, backends_lib.ClientError)}
+  all_failed = outputs and all(isinstance(o, backends_lib.ClientError) for o in outputs)
+  if all_failed and len(errors) == 1 and not any(run[s] for s in ("ok", "salvaged", "garbage", "too_long")):
+    code, detail = errors.pop()
+    raise RuntimeError(f"teacher {name!r}: all {len(outputs)} requests failed with the same client error "
+                       f"HTTP {code}: {detail} -- check the teacher's model, base_url, api key and structured setting")
 
 
 def _run_teacher(config: Any, name: str, contexts: list[Context], shard: tuple[int, int],
@@ -218,12 +234,16 @@ def _run_teacher(config: Any, name: str, contexts: list[Context], shard: tuple[i
                          "max_tokens": params.max_tokens, "structured": params.structured},
             "seed": int(tcfg.seed), "batch_seed": seed, "shard": f"{shard[0]}/{shard[1]}"}
     rows, entries = [], []
+    _stop_on_client_errors(name, outputs, run)
     for (ctx, j), out in zip(batch, outputs):
       entry, unit_rows = _unit_result(name, ctx, j, out, base)
       if entry["status"] not in ("ok", "salvaged"):
         log.warning("%s: context %s sample %d: %s %s", name, ctx.cid, j, entry["status"], entry.get("error", ""))
       run[entry["status"]] += 1
       run["pairs"] += entry["pairs"]
+      run["truncated"] += entry.get("finish_reason") == "length"
+      for reason, n in entry.get("dropped", {}).items():
+        run["dropped_" + reason] += n
       entries.append(entry)
       rows += unit_rows
     _append(out_path, rows)  # records before their journal entries: see the module docstring
@@ -236,7 +256,9 @@ def _run_teacher(config: Any, name: str, contexts: list[Context], shard: tuple[i
   totals = collections.Counter(e["status"] for u, e in done.items() if u in in_shard_units)
   summary = {
     "teacher": name, "shard": f"{shard[0]}/{shard[1]}", "output": out_path, "units": len(units),
-    "skipped_done": len(units) - len(pending), "this_run": {k: run[k] for k in (*STATUSES, "pairs")},
+    "skipped_done": len(units) - len(pending),
+    "this_run": {k: run[k] for k in (*STATUSES, "pairs", "truncated", *(f"dropped_{r}" for r in PARSE_DROPS))},
+    "truncated": sum(e.get("finish_reason") == "length" for u, e in done.items() if u in in_shard_units),
     "status": {k: totals[k] for k in STATUSES},
     "pairs": sum(e["pairs"] for u, e in done.items() if u in in_shard_units),
     "backend_stats": dict(getattr(backend, "stats", {}) or {}),

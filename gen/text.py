@@ -87,6 +87,17 @@ def question_type(text: str) -> frozenset[str]:
   return frozenset(_QUESTION_WORDS[t] for t in map(_light_fold, norm_tokens(text)) if t in _QUESTION_WORDS)
 
 
+_DEDUP_DROP = dict.fromkeys(map(ord, "\u093c\u200c\u200d"))  # nukta, ZWNJ, ZWJ
+
+
+def dedup_form(text: str) -> str:
+  """Normal form for near-duplicate keys: NFD, nukta and ZWJ/ZWNJ dropped, chandrabindu as
+  anusvara, digits ASCII, danda and all punctuation as spaces, lower case, single spaces."""
+  text = unicodedata.normalize("NFD", text).lower().translate(_DIGITS).translate(_DEDUP_DROP)
+  text = text.replace("\u0901", "\u0902")
+  return " ".join(_strip_punct(unicodedata.normalize("NFC", text)).split())
+
+
 def char_ngrams(text: str, n: int = 3) -> set[str]:
   """Set of character n-grams (the whole string if shorter than n)."""
   if len(text) <= n:
@@ -119,17 +130,6 @@ def token_f1(pred: list[str], ref: list[str]) -> float:
 def split_sentences(text: str) -> list[str]:
   """Split on ।, ॥, ?, !, newlines and non-decimal full stops; empty pieces dropped."""
   return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
-
-
-def grounding_score(answer: str, context: str) -> float:
-  """Content-token F1 of the answer against its best-matching context sentence.
-
-  Adjacent sentence pairs are candidates too, since a full-sentence answer often joins two facts.
-  """
-  ans = content_tokens(answer)
-  sents = [content_tokens(s) for s in split_sentences(context)]
-  cands = sents + [a + b for a, b in zip(sents, sents[1:])]
-  return max((token_f1(ans, c) for c in cands if c), default=0.0)
 
 
 def answer_agreement(question_a: str, answer_a: str, question_b: str, answer_b: str) -> float:

@@ -16,16 +16,21 @@ import orbax.checkpoint as ocp
 
 
 def manager(directory: str | os.PathLike, keep: int = 2) -> ocp.CheckpointManager:
+  """Orbax manager of a stage's checkpoints; saves are asynchronous (see `save`)."""
   directory = Path(directory).absolute()
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
   return ocp.CheckpointManager(directory, options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
-  """Write step `step` (blocking: the checkpoint is complete on disk when this returns)."""
+  """Start writing step `step`; training goes on while it is written.
+
+  Orbax copies the arrays to host memory before this returns (so the next step may donate them) and
+  writes them in a background thread, finishing the previous save first. The checkpoint is complete on
+  disk (renamed into place) after `mngr.wait_until_finished()`: call it before the stage ends or exits.
+  """
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
             force=True)
-  mngr.wait_until_finished()
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int | None = None) -> dict:

@@ -1,8 +1,9 @@
 """Hugging Face LLaMA checkpoints in and out, with safetensors directly (transformers 5 has no Flax).
 
-Reading goes tensor by tensor into one preallocated buffer per stacked parameter, so an 8B import
-holds the model once in host memory plus one tensor in flight, never two full copies. Everything
-is validated (config, names, shapes) before a byte of weights is read.
+Reading goes parameter by parameter, each read from disk slice by slice: with a sharding, a process
+reads only the slices its devices hold, so host memory is about one process's shard plus one
+parameter's slices in flight, never the whole model. Everything is validated (config, names, shapes)
+before a byte of weights is read.
 """
 from __future__ import annotations
 
@@ -133,12 +134,14 @@ def read_config(path: str | os.PathLike, param_dtype: str | None = None) -> Mode
 
 
 def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
-            put: Callable[[tuple, np.ndarray], jax.Array] | None = None) -> tuple[ModelConfig, Params]:
+            sharding_of: Callable[[tuple, tuple[int, ...]], jax.sharding.Sharding] | None = None
+            ) -> tuple[ModelConfig, Params]:
   """(ModelConfig, base params) from a local HF LLaMA directory.
 
   param_dtype: storage dtype (default: the checkpoint's; float16 becomes bfloat16).
-  put(path, host_array): places each finished parameter, e.g. `jax.device_put` with its sharding;
-    default `jnp.asarray` on the default device.
+  sharding_of(path, shape): the Sharding of each parameter. With it, each process reads from disk only the
+    slices its own devices hold (`safe_open(...).get_slice`), so an 8B import on N processes holds about
+    1/N of the model per host. Without it: each whole parameter on the default device.
   """
   path = Path(path)
   cfg = read_config(path, param_dtype)
@@ -159,31 +162,55 @@ def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
         if shape != expected[name][0]:
           raise ValueError(f"{f}: tensor {name} has shape {shape}, expected {expected[name][0]} from config.json")
 
+  # Our path -> (our shape, HF name per layer (or the one name), transpose).
+  groups: dict[tuple, tuple[tuple[int, ...], list[str], bool]] = {}
+  for name, (hf_shape, p, layer, transpose) in expected.items():
+    inner = hf_shape[::-1] if transpose else hf_shape
+    shape = inner if layer is None else (cfg.n_layers,) + inner
+    groups.setdefault(p, (shape, [], transpose))[1].append(name)
   np_dtype = jnp.dtype(cfg.param_dtype)
-  put = put or (lambda _, a: jnp.asarray(a))
-  buffers: dict[tuple, np.ndarray] = {}
   params: dict = {}
-  remaining: dict[tuple, int] = {}
-  for name, (_, p, layer, _) in expected.items():
-    remaining[p] = remaining.get(p, 0) + 1
-  for f, names in by_file.items():
-    with safe_open(f, "flax") as st:
-      for name in names:
-        shape, p, layer, transpose = expected[name]
-        host = np.asarray(st.get_tensor(name)).astype(np_dtype)
-        host = host.T if transpose else host
-        if layer is None:
-          buffers[p] = host
-        else:
-          if p not in buffers:
-            buffers[p] = np.empty((cfg.n_layers,) + host.shape, np_dtype)
-          buffers[p][layer] = host
-        remaining[p] -= 1
-        if remaining[p] == 0:  # parameter complete: hand it to its device and free the host copy
-          node = params
-          for k in p[:-1]:
-            node = node.setdefault(k, {})
-          node[p[-1]] = put(p, buffers.pop(p))
+
+  def read(name: str, index: tuple[slice, ...], transpose: bool) -> np.ndarray:
+    """index (over our axes) of one HF tensor, read from disk alone and cast.
+
+    The file is memory-mapped for this one read: the pages a read touches (all of the tensor's when the
+    slice is across its rows) count in the process's resident memory until they are unmapped.
+    """
+    with safe_open(files[name], "numpy") as st:
+      block = st.get_slice(name)[index[::-1] if transpose else index]
+    return (block.T if transpose else block).astype(np_dtype, copy=False)
+
+  for p, (shape, names, transpose) in groups.items():
+    def part(index: tuple[slice, ...], shape=shape, names=names, transpose=transpose) -> np.ndarray:
+      index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+      if expected[names[0]][2] is None:  # one tensor, not stacked over layers
+        return np.ascontiguousarray(read(names[0], index, transpose))
+      layers = range(*index[0].indices(shape[0]))
+      out = None
+      for j, layer in enumerate(layers):  # one layer's slice in flight at a time
+        block = read(names[layer], index[1:], transpose)
+        if out is None:
+          out = np.empty((len(layers),) + block.shape, np_dtype)
+        out[j] = block
+      return out
+
+    if sharding_of is None:
+      leaf = jnp.asarray(part(()))
+    else:
+      cache: dict[tuple, np.ndarray] = {}  # devices holding the same slice (replicas) share one read
+
+      def cached(index, part=part, cache=cache):
+        key = tuple((s.start, s.stop, s.step) for s in index)
+        if key not in cache:
+          cache[key] = part(index)
+        return cache[key]
+
+      leaf = jax.make_array_from_callback(shape, sharding_of(p, shape), cached)
+    node = params
+    for k in p[:-1]:
+      node = node.setdefault(k, {})
+    node[p[-1]] = leaf
   return cfg, params
 
 

@@ -203,17 +203,14 @@ class PackedDataset:
       self._perms[key] = np.random.default_rng([seed, epoch]).permutation(self.num_rows)
     return self._perms[key]
 
-  def row_indices(self, step: int, batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1) -> np.ndarray:
-    """Global row ids of this process's slice of the global batch at step."""
-    if batch_size % process_count:
-      raise ValueError(f"batch_size {batch_size} does not divide by process_count {process_count}")
-    if not 0 <= process_index < process_count:
-      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    local = batch_size // process_count
-    flat = step * batch_size + process_index * local + np.arange(local, dtype=np.int64)
+  def row_indices(self, step: int, batch_size: int, seed: int, positions: np.ndarray | None = None) -> np.ndarray:
+    """Global row ids of the global batch at step, or of its `positions` only (the rows a process feeds)."""
+    positions = np.arange(batch_size, dtype=np.int64) if positions is None else np.asarray(positions, np.int64)
+    if positions.size and not (0 <= positions.min() and positions.max() < batch_size):
+      raise ValueError(f"batch positions {positions.min()}..{positions.max()} outside a batch of {batch_size} rows")
+    flat = step * batch_size + positions
     epochs, offsets = flat // self.num_rows, flat % self.num_rows
-    rows = np.empty(local, np.int64)
+    rows = np.empty(len(flat), np.int64)
     for e in np.unique(epochs):  # a batch crossing an epoch's end takes the next permutation
       sel = epochs == e
       rows[sel] = self._perm(seed, int(e))[offsets[sel]]
@@ -230,7 +227,7 @@ class PackedDataset:
         out[k][sel] = self._arrays[k][s][local]
     return out
 
-  def get_batch(self, step: int, batch_size: int, seed: int, process_index: int = 0,
-                process_count: int = 1) -> dict[str, np.ndarray]:
-    """This process's [batch_size // process_count, seq_len] slice of the global batch at step."""
-    return self.read_rows(self.row_indices(step, batch_size, seed, process_index, process_count))
+  def get_batch(self, step: int, batch_size: int, seed: int,
+                positions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """[len(positions), seq_len] rows of the global batch at step (all batch_size rows by default)."""
+    return self.read_rows(self.row_indices(step, batch_size, seed, positions))

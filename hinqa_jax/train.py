@@ -49,21 +49,24 @@ def lora_config(config) -> lora.LoraConfig:
 
 
 def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW with linear warm-up and cosine decay, after global-norm clipping."""
+  """AdamW after global-norm clipping, at unit rate; the step scales its updates by schedule(stage step).
+
+  The schedule (linear warm-up, cosine decay) runs on the train state's own step, which every stage starts
+  at 0, not on optax's update count: that count travels with the optimizer state when M2 keeps M1's
+  (train.reset_optimizer=False), and a schedule on it would start stage 2 at the end of its decay.
+  """
   decay_steps = max(t.num_steps, t.warmup_steps + 1)
   schedule = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps, decay_steps,
                                                 end_value=t.learning_rate * t.min_lr_ratio)
   return optax.chain(optax.clip_by_global_norm(t.clip_norm),
-                     optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=t.weight_decay)), schedule
+                     optax.adamw(1.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=t.weight_decay)), schedule
 
 
 def load_base(config, cfg: model.ModelConfig, mesh) -> model.Params:
   """Frozen base weights, created or read already sharded (each device gets only its shard)."""
-  if config.model.hf_path:
-    def put(path, host):
-      s = NamedSharding(mesh, sharding.param_spec(path, host.shape, mesh))
-      return jax.make_array_from_callback(host.shape, s, lambda idx: host[idx])
-    return hf.load_hf(config.model.hf_path, param_dtype=cfg.param_dtype, put=put)[1]
+  if config.model.hf_path:  # each process reads from disk only the slices its devices hold
+    return hf.load_hf(config.model.hf_path, param_dtype=cfg.param_dtype,
+                      sharding_of=lambda path, shape: NamedSharding(mesh, sharding.param_spec(path, shape, mesh)))[1]
   abstract = jax.eval_shape(model.init, cfg, jax.random.key(0))
   shardings = sharding.tree_shardings(abstract, mesh)
   return jax.jit(model.init, static_argnums=0, out_shardings=shardings)(cfg, jax.random.key(config.seed))
@@ -112,8 +115,9 @@ def make_step(cfg, lcfg, mode: str, optimizer, schedule, grad_accum: int, seed: 
     denom = jnp.maximum(n, 1.0)  # token-weighted mean over the whole global batch, however it is split
     grads = jax.tree.map(lambda x, p: (x / denom).astype(p.dtype), g, state["trainable"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["trainable"])
-    trainable = optax.apply_updates(state["trainable"], updates)
-    metrics = {"loss": loss_sum / denom, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"]),
+    lr = schedule(state["step"])  # the stage's own step (see make_optimizer); logged as applied
+    trainable = optax.apply_updates(state["trainable"], jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates))
+    metrics = {"loss": loss_sum / denom, "grad_norm": optax.global_norm(grads), "learning_rate": lr,
                "loss_tokens": n, "tokens": jnp.sum(batch["segment_ids"] > 0)}
     return {"step": state["step"] + 1, "trainable": trainable, "opt_state": opt_state}, metrics
 
@@ -141,8 +145,18 @@ def check_batch(config, mesh) -> None:
   if micro % div:
     raise ValueError(f"micro-batch of {micro} rows (train.batch_size / train.grad_accum) does not divide over the "
                      f"{div} devices of mesh axes (data, fsdp) = ({mesh.shape['data']}, {mesh.shape['fsdp']})")
-  if t.batch_size % jax.process_count():
-    raise ValueError(f"train.batch_size={t.batch_size} does not divide over {jax.process_count()} processes")
+
+
+def process_rows(batch_sharding: NamedSharding, global_shape: tuple[int, ...]) -> np.ndarray:
+  """Sorted positions in the global batch of the rows this process's devices hold.
+
+  Read off the batch sharding itself, so any mesh is fed right: processes whose devices hold replicas of
+  one shard (a `tensor` or `fsdp` axis spanning processes) read identical rows, as they must.
+  """
+  rows: set[int] = set()
+  for index in batch_sharding.addressable_devices_indices_map(global_shape).values():
+    rows.update(range(*index[0].indices(global_shape[0])))
+  return np.array(sorted(rows), np.int64)
 
 
 def meta_of(config, cfg, lcfg, mode: str) -> dict:
@@ -228,6 +242,7 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
         raise FileNotFoundError(f"{stage}: no checkpoint in {init_from} to start from")
       checkpoint.check_compatible(checkpoint.read_meta(prev_mngr), meta, init_from)
       prev, _ = checkpoint.restore(prev_mngr, sharding.like_tree(abstract, shardings))
+      prev_mngr.close()
       state["trainable"] = prev["trainable"]
       if not t.reset_optimizer:
         state["opt_state"] = prev["opt_state"]
@@ -243,9 +258,14 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
                                   {k: batch_sharding for k in specs}),
                     out_shardings=(shardings, None), donate_argnums=(0,))
 
+  batch_shape = (t.batch_size, dataset.seq_len)
+  rows = process_rows(batch_sharding, batch_shape)
+
   def global_batch(step: int) -> dict:
-    local = dataset.get_batch(step, t.batch_size, config.seed, jax.process_index(), jax.process_count())
-    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k], np.int32))
+    local = {k: np.asarray(v, np.int32) for k, v in dataset.get_batch(step, t.batch_size, config.seed, rows).items()}
+    # Each local device takes its slice of the global batch from this process's rows.
+    at = lambda index: np.searchsorted(rows, np.arange(*index[0].indices(t.batch_size)))  # noqa: E731
+    return {k: jax.make_array_from_callback(batch_shape, batch_sharding, lambda index, a=local[k]: a[at(index)])
             for k in specs}
 
   writer = MetricsWriter(stage_dir, resume_step=start, enabled=jax.process_index() == 0)
@@ -262,6 +282,7 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
     n, m = pending
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     if not np.isfinite(m["loss"]):
+      mngr.close()  # the checkpoints already started are completed, not left half written
       raise FloatingPointError(f"{stage}: loss is {m['loss']} at step {n} (grad norm {m['grad_norm']}); "
                                f"lower train.learning_rate or check the data (loss-masked tokens: {m['loss_tokens']:.0f})")
     now = time.perf_counter()
@@ -287,6 +308,7 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
       if stop:
         bar.close()
         writer.close()
+        mngr.close()  # the checkpoint is whole on disk before the process goes
         log.warning("%s: SIGTERM, checkpoint saved at step %d, exiting", stage, n)
         raise SystemExit(143)
     flush()
@@ -294,6 +316,7 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
   writer.close()
   if mngr.latest_step() != t.num_steps:  # e.g. a resumed run that was already complete
     checkpoint.save(mngr, t.num_steps, state, meta)
+  mngr.close()  # checkpoints are written in the background (checkpoint.save): wait for the last ones
   summary = {"stage": stage, "steps": t.num_steps, "final": last, "checkpoints": str(mngr.directory)}
   if jax.process_index() == 0:
     (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -13,6 +13,10 @@
 # worker with requirements.txt minus its CPU jax lines plus jax[tpu] of the same version, and mount
 # $BUCKET there with gcsfuse; (4) run the command on all workers at once.
 # Every worker must see the same --workdir: the BUCKET mount (MOUNT, default /mnt/hinqa) or an NFS path.
+# The bucket is mounted for what the run does there: Orbax and the stage writers rename directories
+# (--rename-dir-limit; on a flat bucket gcsfuse renames a directory object by object, not atomically, so
+# a hierarchical-namespace bucket is better), and process 0 writes files that the other hosts then read
+# (no metadata cache, so no host sees a stale or missing file for up to a minute).
 # The processes join through jax.distributed: the coordinator is worker 0, the process id each
 # worker's agent-worker-number (read from the metadata server), passed as HINQA_* (distributed.py).
 set -euo pipefail
@@ -31,6 +35,7 @@ environment:
   REMOTE_DIR    checkout directory on each worker (default: hinqa-jax, under the home directory)
   PYTHON        interpreter for the venv on the workers, Python >= 3.11 (default: python3)
   BUCKET        gs://bucket[/prefix] to mount with gcsfuse at MOUNT (default /mnt/hinqa) on every worker
+  RENAME_DIR_LIMIT  gcsfuse --rename-dir-limit: most files in a renamed directory (default 200000)
   DETACH=1      run in the background on the workers (log: ~/hinqa-run.log); default: stream the output
 EOF
   exit 2
@@ -114,6 +119,8 @@ if [[ ${setup} -eq 1 ]]; then
     python -c 'import jax; print(jax.__version__, jax.local_devices())'"
   if [[ -n "${BUCKET:-}" ]]; then
     bucket="${BUCKET#gs://}"
+    gcsfuse_flags="--implicit-dirs --rename-dir-limit=${RENAME_DIR_LIMIT:-200000} --metadata-cache-ttl-secs=0 \
+--metadata-cache-negative-ttl-secs=0"
     only_dir=""
     if [[ "${bucket}" == */* ]]; then
       only_dir="--only-dir $(printf '%q' "${bucket#*/}")"
@@ -125,7 +132,7 @@ if [[ ${setup} -eq 1 ]]; then
         sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse
       fi
       sudo mkdir -p $(printf '%q' "${mount_point}") && sudo chown \"\$(id -u):\$(id -g)\" $(printf '%q' "${mount_point}")
-      mountpoint -q $(printf '%q' "${mount_point}") || gcsfuse --implicit-dirs ${only_dir} $(printf '%q' "${bucket%%/*}") $(printf '%q' "${mount_point}")"
+      mountpoint -q $(printf '%q' "${mount_point}") || gcsfuse ${gcsfuse_flags} ${only_dir} $(printf '%q' "${bucket%%/*}") $(printf '%q' "${mount_point}")"
   fi
 fi
 

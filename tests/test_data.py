@@ -384,14 +384,16 @@ def test_batches_are_a_pure_function_of_seed_and_step(packed):
       np.testing.assert_array_equal(x[k], y[k])
       assert x[k].shape == (4, 256)
   assert not np.array_equal(a.row_indices(0, n, seed=1), a.row_indices(0, n, seed=2))
-  # The process slices of a step concatenate to the global batch, each reading its rows only.
+  # Any positions of a step's batch (the rows one process feeds) are those rows of the global batch, read alone.
   glob = a.get_batch(5, 4, seed=3)
-  parts = [a.get_batch(5, 4, seed=3, process_index=p, process_count=2) for p in range(2)]
+  for positions in ([0, 1], [2, 3], [1, 3], [0, 1, 2, 3]):
+    part = a.get_batch(5, 4, seed=3, positions=np.array(positions))
+    for k in packing.KEYS:
+      np.testing.assert_array_equal(part[k], glob[k][positions])
   for k in packing.KEYS:
-    np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), glob[k])
     np.testing.assert_array_equal(glob[k], a.read_rows(a.row_indices(5, 4, seed=3))[k])
-  with pytest.raises(ValueError, match="does not divide"):
-    a.get_batch(0, 3, seed=0, process_count=2)
+  with pytest.raises(ValueError, match="batch positions 2..4 outside a batch of 4 rows"):
+    a.get_batch(0, 4, seed=0, positions=np.array([2, 4]))
 
 
 def test_epochs_are_permutations_and_wrap_across_batches(packed):

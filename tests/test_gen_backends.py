@@ -41,9 +41,12 @@ class Server:
             for k, v in (action[2] if len(action) > 2 else {}).items():
               self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(b'{"error": "scripted"}')
+            self.wfile.write(action[3].encode() if len(action) > 3 else b'{"error": "scripted"}')
             return
-          reply = {"choices": [{"message": {"role": "assistant", "content": outer.reply(body)}}]}
+          content, finish = outer.reply(body), None
+          if isinstance(content, tuple):  # (text, finish_reason)
+            content, finish = content
+          reply = {"choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": finish}]}
           data = json.dumps(reply, ensure_ascii=False).encode()
           self.send_response(200)
           self.send_header("Content-Type", "application/json")
@@ -111,7 +114,8 @@ def test_openai_429_retries_after_retry_after(serve):
   srv = serve([("status", 429, {"Retry-After": "0.4"}), ("status", 429), ("ok",)])
   b = client(srv.url)
   assert b.generate([MSG], PARAMS) == ["उत्तर:प्रश्न लिखिए"]
-  assert len(srv.log) == 3 and b.stats == {"requests": 3, "retries": 2, "failures": 0}
+  assert len(srv.log) == 3 and b.stats == {"requests": 3, "retries": 2, "failures": 0, "too_long": 0, "responses": 1,
+                                           "prompt_tokens": 0, "completion_tokens": 0}
   gaps = [srv.log[i + 1]["t"] - srv.log[i]["t"] for i in range(2)]
   assert gaps[0] >= 0.4  # Retry-After honoured (longer than the 0.05 s backoff)
   assert 0.1 <= gaps[1] < 0.4  # then exponential: 0.05 * 2**1
@@ -139,7 +143,8 @@ def test_openai_gives_up_and_counts_failure_without_raising(serve):
 def test_openai_endpoint_down_counts_failure():
   b = client("http://127.0.0.1:9/v1", max_tries=2, timeout_s=0.5)  # discard port: nothing listens
   out = b.generate([MSG], PARAMS)
-  assert isinstance(out[0], backends.GenerationError) and b.stats == {"requests": 2, "retries": 1, "failures": 1}
+  assert isinstance(out[0], backends.GenerationError) and b.stats == {"requests": 2, "retries": 1, "failures": 1, "too_long": 0, "responses": 0,
+                                                                                  "prompt_tokens": 0, "completion_tokens": 0}
 
 
 def test_vllm_engine_and_sampling_kwargs_without_vllm():
@@ -151,13 +156,12 @@ def test_vllm_engine_and_sampling_kwargs_without_vllm():
   assert "max_model_len" not in backends.vllm_engine_kwargs(tcfg)
   schema = {"type": "array"}
   new_api = types.SimpleNamespace(StructuredOutputsParams=lambda json: ("structured", json))
-  old_api = types.SimpleNamespace(GuidedDecodingParams=lambda json: ("guided", json))
   p = backends.SamplingParams(temperature=0.7, top_p=0.95, top_k=0, max_tokens=512, seed=5,
                               structured="json_schema", json_schema=schema)
   base = {"temperature": 0.7, "top_p": 0.95, "top_k": -1, "max_tokens": 512, "seed": 5, "n": 1}
   assert backends.vllm_sampling_kwargs(p, new_api) == {**base, "structured_outputs": ("structured", schema)}
-  assert backends.vllm_sampling_kwargs(p, old_api) == {**base, "guided_decoding": ("guided", schema)}
-  assert backends.vllm_sampling_kwargs(p, types.SimpleNamespace()) == base
+  with pytest.raises(ImportError, match="StructuredOutputsParams"):  # one API, the pinned vLLM's
+    backends.vllm_sampling_kwargs(p, types.SimpleNamespace(GuidedDecodingParams=lambda json: json))
   unconstrained = backends.SamplingParams(top_k=20, max_tokens=512, seed=5)
   assert backends.vllm_sampling_kwargs(unconstrained, new_api)["top_k"] == 20
   assert "structured_outputs" not in backends.vllm_sampling_kwargs(unconstrained, new_api)
@@ -200,7 +204,7 @@ def test_vllm_backend_skips_over_long_prompts_with_fake_engine(monkeypatch):
 
     def chat(self, batch, sp, use_tqdm):
       self.calls.append(batch)
-      return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text="T" + m[0]["content"])]) for m in batch]
+      return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text="T" + m[0]["content"], finish_reason="stop")]) for m in batch]
 
   llm = FakeLLM()
   b = backends.VllmBackend(llm, types.SimpleNamespace(), name="v", model="m", max_model_len=10)
@@ -238,3 +242,28 @@ def test_generate_safe_isolates_a_failing_item():
 
   out = backends.generate_safe(Flaky(), [[{"role": "user", "content": c}] for c in ("a", "bad", "c")], PARAMS)
   assert out[0] == "A" and out[2] == "C" and isinstance(out[1], RuntimeError)
+
+
+def test_openai_structured_output_root_is_an_object_and_finish_reason_is_kept(serve):
+  from gen import prompts
+  srv = serve()
+  srv.reply = lambda body: ('{"pairs": [', "length")
+  tcfg = gen.teacher("openai", "m", base_url=srv.url, structured="json_schema")
+  out = backends.make_backend(tcfg, "t").generate([MSG], backends.sampling_params(tcfg, prompts.PAIRS_SCHEMA))
+  fmt = srv.log[0]["body"]["response_format"]
+  assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+  assert fmt["json_schema"]["schema"]["type"] == "object" and fmt["json_schema"]["schema"]["required"] == ["pairs"]
+  assert out == ['{"pairs": ['] and out[0].finish_reason == "length"
+  assert '{"pairs": [' in prompts.build_messages("Museum", "संदर्भ।", [], 3)[1]["content"]
+
+
+def test_openai_prompt_too_long_is_classified_too_long(serve):
+  # vLLM serve's wording of an over-long prompt (a 400 that no retry can fix)
+  msg = ('{"object": "error", "message": "This model\'s maximum context length is 4096 tokens. However, you '
+         'requested 9000 tokens (8000 in the messages, 1000 in the completion).", "code": 400}')
+  srv = serve([("status", 400, {}, msg), ("status", 400, {}, '{"message": "Invalid model name"}')])
+  b = client(srv.url)
+  out = b.generate([MSG, MSG], PARAMS)
+  assert isinstance(out[0], backends.ContextTooLong) and "maximum context length" in str(out[0])
+  assert isinstance(out[1], backends.ClientError) and out[1].code == 400
+  assert b.stats["too_long"] == 1 and b.stats["failures"] == 1 and len(srv.log) == 2

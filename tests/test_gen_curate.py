@@ -5,7 +5,7 @@ import pytest
 
 import gen
 from gen.curate import curate_records
-from gen import text
+from gen import faithful, text
 from gen.synthesize import context_id
 
 CTX = ("दशाश्वमेध घाट पर गंगा आरती हर शाम सूर्यास्त के बाद होती है। आरती लगभग पैंतालीस मिनट तक चलती है। "
@@ -64,7 +64,7 @@ def test_language_and_length_filters():
              rec("a-long", "A", "आरती कितनी देर चलती है?", "गंगा आरती लगभग पैंतालीस मिनट तक चलती है। " * 12)]
   kept, reasons, _ = run(records)
   assert kept == {"a-keep"}
-  assert reasons == {"a-en": "not_hindi", "a-short": "too_short", "a-long": "too_long"}
+  assert reasons == {"a-en": "not_hindi_question", "a-short": "too_short", "a-long": "too_long"}
 
 
 def test_grounding_keeps_supported_and_drops_invented_answers():
@@ -73,7 +73,7 @@ def test_grounding_keeps_supported_and_drops_invented_answers():
   kept, reasons, _ = run(records)
   assert kept == {"a-keep", "a-boat"}
   assert reasons == {"a-made-up": "ungrounded"}
-  assert text.grounding_score(GOOD["answer"], CTX) > 0.6 > text.grounding_score(records[2]["answer"], CTX)
+  assert faithful.grounding_score(GOOD["answer"], CTX) > 0.6 > faithful.grounding_score(records[2]["answer"], CTX)
 
 
 def test_near_duplicates_differing_in_matras_punctuation_word_order_across_teachers():
@@ -89,7 +89,7 @@ def test_near_duplicates_differing_in_matras_punctuation_word_order_across_teach
 
 
 def test_same_frame_different_interrogative_is_not_a_duplicate():
-  frame = "वाराणसी के दशाश्वमेध घाट पर होने वाली प्रसिद्ध शाम की गंगा आरती {} शुरू होती है?"
+  frame = "वाराणसी में हर दिन होने वाली प्रसिद्ध शाम की भव्य गंगा आरती {} शुरू होती है?"
   q_when, q_where = frame.format("कब"), frame.format("कहाँ")
   grams = [text.char_ngrams(text.loose_key(q), 3) for q in (q_when, q_where)]
   assert text.jaccard(*grams) >= 0.7  # the loose keys alone would merge them
@@ -120,10 +120,12 @@ def test_conflicting_teachers_keep_best_grounded_or_drop_all():
              rec("b-5", "B", "आरती मे कितने पुजारी भाग लेते है?", "आरती में पाँच पुजारी भाग लेते हैं।"),
              GOOD]
   kept, reasons, report = run(records)
-  assert kept == {"a-7", "a-keep"} and reasons == {"b-5": "conflict"}
+  assert kept == {"a-7", "a-keep"} and reasons == {"b-5": "unsupported_number"}  # पाँच is not in the context
   assert report["agreement"] == {"A|B": {"shared_questions": 1, "disagree": 1, "agree_rate": 0.0}}
+  [group] = report["conflicts"]
+  assert group["kept"] == "a-7" and {m["id"]: m["supported"] for m in group["members"]} == {"a-7": True, "b-5": False}
   kept, reasons, _ = run(records, conflict_policy="drop_all")
-  assert kept == {"a-keep"} and reasons == {"a-7": "conflict", "b-5": "conflict"}
+  assert kept == {"a-keep"} and reasons == {"a-7": "conflict", "b-5": "unsupported_number"}
   # plain token F1 would call these two answers the same; the answer-beyond-question F1 does not
   assert text.token_f1(text.content_tokens(records[0]["answer"]), text.content_tokens(records[1]["answer"])) > 0.7
   assert text.answer_agreement(records[0]["question"], records[0]["answer"],
@@ -170,16 +172,18 @@ def test_llm_judge_and_parse_failure_policy():
               q_bad: "मुझे नहीं पता"}
   cfg = gen.default_config().curate
   cfg.judge.enabled = True
+  cfg.judge.teacher = "J"
   judge = FakeJudge(verdicts)
-  kept, rejected, _ = curate_records(records, ORIGINALS, HELDOUT, cfg, judge)
+  kept, rejected, _ = curate_records(records, ORIGINALS, HELDOUT, cfg, {"J": judge})
   assert sorted(judge.seen) == sorted([q_yes, q_no, q_bad])  # filtered pairs never reach the judge
   assert {r["id"] for r in kept} == {"j-yes", "j-bad"}
-  assert {r["id"]: r["reason"] for r in rejected} == {"j-no": "judge_rejected", "j-en": "not_hindi"}
-  assert next(r for r in kept if r["id"] == "j-yes")["provenance"]["curation"]["judge"] is True
+  assert {r["id"]: r["reason"] for r in rejected} == {"j-no": "judge_rejected", "j-en": "not_hindi_question"}
+  curation = next(r for r in kept if r["id"] == "j-yes")["provenance"]["curation"]
+  assert curation["judge"] is True and curation["judged_by"] == "J"
   cfg.judge.on_parse_failure = "drop"
-  kept, rejected, _ = curate_records(records, ORIGINALS, HELDOUT, cfg, FakeJudge(verdicts))
+  kept, rejected, _ = curate_records(records, ORIGINALS, HELDOUT, cfg, {"J": FakeJudge(verdicts)})
   assert {r["id"] for r in kept} == {"j-yes"}
-  with pytest.raises(ValueError, match="no judge backend"):
+  with pytest.raises(ValueError, match=r"no backend for judge\(s\) \['J'\]"):
     curate_records(records, ORIGINALS, HELDOUT, cfg, None)
 
 
@@ -204,14 +208,15 @@ def test_curate_merges_shards_writes_outputs_and_is_deterministic(tmp_path):
   kept = [json.loads(l) for l in (out / "synthetic.jsonl").read_text().splitlines()]
   rejected = [json.loads(l) for l in (out / "rejected.jsonl").read_text().splitlines()]
   assert [r["id"] for r in kept] == ["a-7", "a-keep"]
-  assert {r["id"]: r["reason"] for r in rejected} == {"a-en": "not_hindi", "b-5": "conflict"}
+  assert {r["id"]: r["reason"] for r in rejected} == {"a-en": "not_hindi_question", "b-5": "unsupported_number"}
   assert set(kept[0]) >= {"id", "domain", "context", "question", "answer", "source", "provenance"}
   assert report["per_teacher"]["A"]["input"] == 3 and report["per_teacher"]["A"]["kept"] == 2
-  assert report["per_teacher"]["B"]["rejected"]["conflict"] == 1
+  assert report["per_teacher"]["B"]["rejected"]["unsupported_number"] == 1 and len(report["conflicts"]) == 1
   assert report["inputs"]["missing_shards"] == {"A": [], "B": ["shard 1/3", "shard 2/3"]}
   assert json.loads((out / "report.json").read_text())["totals"] == {"input": 4, "kept": 2, "rejected": 2}
   md = (out / "report.md").read_text()
-  assert "| A | 3 | 2 |" in md and "### conflict (1)" in md and "b-5" in md
+  assert "| A | 3 | 2 |" in md and "### unsupported_number (1)" in md and "b-5" in md
+  assert "## Conflict groups (1)" in md and "kept `a-7`" in md
   first = {f: (out / f).read_bytes() for f in ("synthetic.jsonl", "rejected.jsonl", "report.json", "report.md")}
   gen.curate(c, originals=ORIGINALS, heldout=HELDOUT)
   assert first == {f: (out / f).read_bytes() for f in first}

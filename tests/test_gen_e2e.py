@@ -121,6 +121,7 @@ def test_synthesize_with_jax_engine_then_curate_and_read_back(tmp_path):
   assert scripted == ["आरती में कितने पुजारी भाग लेते हैं?", "भारत कला भवन संग्रहालय किस दिन बंद रहता है?"]
   assert all(r.meta["provenance"]["prompt_version"] == prompts.PROMPT_VERSION for r in curated)
   rejected = [json.loads(l) for l in open(os.path.join(c.out_dir, "curated", "rejected.jsonl"), encoding="utf-8")]
-  # the museum answer the scripted teacher also gives for the long street context is not in that context
+  # the museum answer the scripted teacher also gives for the long street context is not in that
+  # context: its weekday (a date) is the first thing the faithfulness checks catch
   assert sorted((r["reason"], r["provenance"]["context_id"] == long_id) for r in rejected if r["source"] == "scripted") == [
-    ("contaminated", False), ("ungrounded", True)]
+    ("contaminated", False), ("unsupported_number", True)]

@@ -191,6 +191,11 @@ def test_cli_synthesize_and_curate_against_local_endpoint(tmp_path):
     summary = json.loads(res.stdout)
     assert summary["contexts"] == 4 and summary["teachers"]["llama"]["status"]["ok"] == 4
     assert len(srv.log) == 4 and "2 नए प्रश्न-उत्तर" in srv.log[0]["body"]["messages"][1]["content"]
+    res = run("curate", "--dry-run")  # counts per filter and threshold, writes nothing
+    assert res.returncode == 0, res.stderr[-2000:]
+    stats = json.loads(res.stdout)
+    assert stats["totals"]["input"] == 8 and "grounding_threshold" in stats["dry_run"]["sweeps"]
+    assert not (tmp_path / "out" / "curated").exists()
     res = run("curate")
     assert res.returncode == 0, res.stderr[-2000:]
     # the second pair of each context restates an original QA (with the original's answer): duplicate
@@ -207,3 +212,34 @@ def test_cli_synthesize_and_curate_against_local_endpoint(tmp_path):
     assert res.returncode != 0 and "num_pair" in res.stderr
   finally:
     srv.close()
+
+
+def test_every_request_failing_with_one_client_error_stops_the_run(tmp_path):
+  from test_gen_backends import Server
+  srv = Server([("status", 404, {}, '{"error": "model fake-70b does not exist"}')] * 4)
+  try:
+    c = config(tmp_path)
+    c.teachers.llama.base_url = srv.url
+    with pytest.raises(RuntimeError, match=r"all 2 requests failed with the same client error HTTP 404.*does not exist"):
+      gen.synthesize(c, records=make_records(3))
+    assert len(srv.log) == 2  # the first batch only: no retries of a 4xx, no further batches
+  finally:
+    srv.close()
+
+
+def test_finish_reason_in_provenance_and_truncations_counted(tmp_path):
+  class Truncating(Scripted):
+    def generate(self, batch, params):
+      full = super().generate(batch, params)
+      return [backends.Completion(t[:-30], "length") if number_of(m) == 0 else backends.Completion(t, "stop")
+              for t, m in zip(full, batch)]
+  c = config(tmp_path)
+  summary = gen.synthesize(c, records=make_records(2), backends={"llama": Truncating()})["teachers"]["llama"]
+  assert summary["truncated"] == 1 and summary["this_run"]["truncated"] == 1
+  rows = read_jsonl(os.path.join(c.out_dir, "llama.jsonl"))
+  assert {r["provenance"]["finish_reason"] for r in rows} >= {"stop"}
+  done = {e["context_id"]: e for e in read_jsonl(os.path.join(c.out_dir, "llama.done.jsonl"))}
+  cut = next(e for e in done.values() if e["finish_reason"] == "length")
+  assert cut["dropped"].get("truncated") == 1  # the cut-off last item is counted, not silently lost
+  report = gen.curate(c, originals=make_records(2), heldout={})
+  assert report["parse"]["llama"]["truncated_outputs"] == 1 and report["parse"]["llama"]["dropped_truncated"] == 1

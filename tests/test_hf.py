@@ -89,3 +89,24 @@ def test_bad_directories_name_the_file_and_tensor(tmp_path):
   (d / "config.json").write_text(json.dumps({**c, "model_type": "mistral", "architectures": ["MistralForCausalLM"]}))
   with pytest.raises(ValueError, match="config.json: not a LLaMA causal LM .*mistral"):
     hf.load_hf(d)
+
+
+@pytest.mark.parametrize("mesh_shape,dtype", [((1, 2, 4), None), ((1, 8, 1), "bfloat16")])
+def test_sharded_import_equals_whole_import(tmp_path, mesh_shape, dtype):
+  """With a sharding callback each device gets exactly its slice of the whole import (values and layout)."""
+  from jax.sharding import NamedSharding
+
+  from hinqa_jax import sharding
+  tiny_hf_model(tmp_path, kv_heads=2)
+  hf.save_hf(tmp_path / "split", *hf.load_hf(tmp_path), max_shard_bytes=40_000)  # tensors over several files
+  mesh = sharding.make_mesh(dict(zip(sharding.AXES, mesh_shape)))
+  shard_of = lambda path, shape: NamedSharding(mesh, sharding.param_spec(path, shape, mesh))  # noqa: E731
+  _, whole = hf.load_hf(tmp_path, param_dtype=dtype)
+  _, sharded = hf.load_hf(tmp_path / "split", param_dtype=dtype, sharding_of=shard_of)
+  q = sharded["layers"]["self_attn"]["q_proj"]["kernel"]
+  assert q.sharding.spec == sharding.param_spec(("layers", "self_attn", "q_proj", "kernel"), q.shape, mesh)
+  assert len(q.sharding.spec) and any(q.sharding.spec)  # really split, not replicated
+  for w, s in zip(jax.tree.leaves(whole), jax.tree.leaves(sharded)):
+    assert s.dtype == w.dtype
+    for shard in s.addressable_shards:
+      np.testing.assert_array_equal(np.asarray(shard.data), np.asarray(w)[shard.index])

@@ -43,8 +43,8 @@ def _shellcheck() -> str:
 
 
 def _lint(script: Path) -> subprocess.CompletedProcess:
-  # SC2317: shellcheck reports the body of a function only called from `trap` as unreachable.
-  return subprocess.run([_shellcheck(), "--shell=bash", "--exclude=SC2317", str(script)],
+  # SC2317 (shellcheck 0.9) and SC2329 (0.10+) report a function only called from `trap` as unreachable/unused.
+  return subprocess.run([_shellcheck(), "--shell=bash", "--exclude=SC2317,SC2329", str(script)],
                         capture_output=True, text=True)
 
 
@@ -60,7 +60,10 @@ def test_shellcheck_catches_a_planted_error(tmp_path):
   assert out.returncode != 0 and "SC2045" in out.stdout, out.stdout + out.stderr
 
 
-def test_local_two_processes_match_one_process(tmp_path, monkeypatch):
+# The config's mesh (data over all 8 devices, each process feeding its half of the batch), and a `tensor`
+# axis across both processes: every process then holds every row, and must feed the same rows.
+@pytest.mark.parametrize("mesh", [None, (1, 1, 8)], ids=["config", "tensor-across-processes"])
+def test_local_two_processes_match_one_process(tmp_path, monkeypatch, mesh):
   from hinqa_jax import pipeline
   from hinqa_jax.tokenizer import build_bundled_tokenizer
   from hinqa_jax.tracking import read_metrics
@@ -71,8 +74,10 @@ def test_local_two_processes_match_one_process(tmp_path, monkeypatch):
   build_bundled_tokenizer(out_dir=tok)
   env = {**os.environ, "HINQA_LOCAL_DEVICES": "4", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
          "JAX_DEFAULT_MATMUL_PRECISION": "highest", "HINQA_LOG_DIR": str(tmp_path)}
+  mesh_flags = [] if mesh is None else [f"--config.mesh.{a}={n}" for a, n in zip(("data", "fsdp", "tensor"), mesh)]
   out = subprocess.run([str(REPO / "launch" / "local.sh"), "2", "train", "--config=configs/tiny.py",
-                        f"--workdir={tmp_path / 'two'}", "--config.train.num_steps=5", f"--config.tokenizer.path={tok}"],
+                        f"--workdir={tmp_path / 'two'}", "--config.train.num_steps=5", f"--config.tokenizer.path={tok}",
+                        *mesh_flags],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + (tmp_path / "hinqa-proc-1.log").read_text()[-3000:]
   two = [m["loss"] for m in read_metrics(tmp_path / "two" / "train")]
@@ -81,6 +86,8 @@ def test_local_two_processes_match_one_process(tmp_path, monkeypatch):
   config = tiny.get_config()
   config.train.num_steps = 5
   config.tokenizer.path = str(tok)
+  if mesh is not None:
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
   pipeline.train(config, tmp_path / "one", progress=False)  # one process, this test's 8 fake devices
   one = [m["loss"] for m in read_metrics(tmp_path / "one" / "train")]
   assert len(two) == len(one) == 5
@@ -107,6 +114,10 @@ case "$sub" in
 esac
 """)
   _exe(bin_dir / "curl", "#!/usr/bin/env bash\necho \"$FAKE_WORKER\"\n")
+  # The bucket mount: gcsfuse records its arguments, nothing is mounted yet, sudo runs as this user.
+  _exe(bin_dir / "gcsfuse", "#!/usr/bin/env bash\necho \"$*\" >> \"$HOME/gcsfuse.log\"\n")
+  _exe(bin_dir / "mountpoint", "#!/usr/bin/env bash\nexit 1\n")
+  _exe(bin_dir / "sudo", "#!/usr/bin/env bash\n\"$@\"\n")
   for w in (0, 1):  # each worker's venv: its python records what it was asked to run, its pip what to install
     venv = tmp_path / f"w{w}" / "hinqa-jax" / ".venv-tpu" / "bin"
     _exe(venv / "python", "#!/usr/bin/env bash\n{ echo \"pwd=$(pwd)\"; echo \"coordinator=$HINQA_COORDINATOR\"; "
@@ -114,7 +125,8 @@ esac
     _exe(venv / "pip", "#!/usr/bin/env bash\necho \"$*\" >> \"$HOME/pip.log\"\n")
     (venv / "activate").write_text(f'export PATH="{venv}:$PATH"\n')
   return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TPU_NAME": "hinqa-test", "ZONE": "us-central2-b",
-          "ACCELERATOR": "v4-32", "TPU_VERSION": "tpu-ubuntu2204-base"}
+          "ACCELERATOR": "v4-32", "TPU_VERSION": "tpu-ubuntu2204-base", "BUCKET": "gs://hinqa-bucket/runs",
+          "MOUNT": str(tmp_path / "mnt")}
 
 
 def test_tpu_pod_script_runs_the_command_on_every_worker(tmp_path):
@@ -138,6 +150,10 @@ def test_tpu_pod_script_runs_the_command_on_every_worker(tmp_path):
     pip = (home / "pip.log").read_text().splitlines()
     assert pip[1:] == ["install --quiet -r requirements-tpu.txt", f"install --quiet jax[tpu]=={jax_version} -f "
                        "https://storage.googleapis.com/jax-releases/libtpu_releases.html"]
+    # Mounted so that Orbax's and the pipeline's directory renames work and every host sees fresh files.
+    assert (home / "gcsfuse.log").read_text().splitlines() == [
+        "--implicit-dirs --rename-dir-limit=200000 --metadata-cache-ttl-secs=0 --metadata-cache-negative-ttl-secs=0 "
+        f"--only-dir runs hinqa-bucket {tmp_path / 'mnt'}"]
     run = (home / "run.txt").read_text().splitlines()
     assert run[0] == f"pwd={home / 'hinqa-jax'}"
     assert run[1:4] == ["coordinator=10.0.0.1:8476", "num=2", f"id={w}"]

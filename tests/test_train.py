@@ -167,3 +167,24 @@ def test_remat_policies_give_the_same_gradients(remat):
                                                           mode="lora")[0])(ad)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-6), grad(cfg.replace(remat=remat)),
                grad(cfg))
+
+
+def test_stage_two_schedule_starts_fresh_with_the_carried_optimizer(tmp_path):
+  """reset_optimizer=False carries M1's Adam state (and optax's update count), but not its schedule position."""
+  train.run_stage(toy_config(steps=3), tmp_path, "m1", ToyPacked(), progress=False)
+  m1 = checkpoint.restore(checkpoint.manager(tmp_path / "m1" / "checkpoints"), None)[0]
+  c = toy_config(steps=3, every=1)
+  c.train.reset_optimizer = False
+  c.checkpoint.keep = 3
+  two = train.run_stage(c, tmp_path, "m2", ToyPacked(), init_from=str(tmp_path / "m1" / "checkpoints"),
+                        progress=False)
+  # Warm-up from 0 to 1e-2 over 2 steps, then the cosine (3 steps in all) starts at its peak: 0, 5e-3, 1e-2.
+  rates = [m["learning_rate"] for m in read_metrics(tmp_path / "m2")]
+  assert rates == [0.0, float(np.float32(5e-3)), float(np.float32(1e-2))]  # logged as float32
+  assert int(two["state"]["opt_state"][1][0].count) == 6  # Adam really continued from M1's 3 updates
+  # The logged rate is the applied one: step 1 applies 0, so M2's adapters after it are M1's exactly ...
+  step1 = checkpoint.restore(checkpoint.manager(tmp_path / "m2" / "checkpoints"), None, step=1)[0]
+  jax.tree.map(np.testing.assert_array_equal, step1["trainable"], m1["trainable"])
+  # ... and the next steps move them.
+  assert not np.array_equal(two["state"]["trainable"]["layers"]["mlp"]["up_proj"]["b"],
+                            m1["trainable"]["layers"]["mlp"]["up_proj"]["b"])

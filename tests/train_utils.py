@@ -24,10 +24,9 @@ class ToyPacked:
       self.positions[r, :a], self.positions[r, a:a + b] = np.arange(a), np.arange(b)
       self.loss_mask[r, a // 2:a], self.loss_mask[r, a + b // 2:a + b] = 1, 1
 
-  def get_batch(self, step, batch_size, seed, process_index=0, process_count=1):
+  def get_batch(self, step, batch_size, seed, positions=None):
     rows = np.random.RandomState([seed, step]).choice(len(self.tokens), batch_size, replace=False)
-    n = batch_size // process_count
-    rows = rows[process_index * n:(process_index + 1) * n]
+    rows = rows if positions is None else rows[positions]
     return {k: getattr(self, k)[rows] for k in ("tokens", "segment_ids", "positions", "loss_mask")}
 
 

@@ -38,6 +38,7 @@ def get_config():
   )
   c.prompt.num_pairs = 5  # N new pairs per context and sample
   c.synth.samples_per_context = 2  # two prompts per context with different few-shot examples
-  c.curate.judge.teacher = "llama70b"  # set curate.judge.enabled=True to let the 70B judge
+  c.curate.judge.judges = "llama70b:phi4,phi4:llama70b"  # each teacher judged by the other (never itself);
+  # set curate.judge.enabled=True to run the judge
   c.lock()
   return c

@@ -26,8 +26,9 @@ def get_config():
     timeout_s=180.0,  # a long Hindi list from a 70B model can take a while
     max_tries=6,  # with backoff 2, 4, 8, 16, 32 s: survives a minute of 429s
     backoff_s=2.0,  # first retry delay
-    structured="json_object",  # hosted APIs widely support it; the parser unwraps {"pairs": [...]}
+    structured="json_schema",  # response_format json_schema, root {"pairs": [...]} (vllm serve and OpenAI accept it)
   )
-  c.curate.judge.teacher = "llama70b"  # set curate.judge.enabled=True for the LLM judge
+  # The LLM judge must be another model than the teacher it judges: to use it, add a second teacher
+  # section (another endpoint), set curate.judge.judges="llama70b:<that name>" and curate.judge.enabled=True.
   c.lock()
   return c

@@ -1,0 +1,249 @@
+"""Faithfulness of one answer to its context and question: facts, grounding, restating.
+
+Everything compares *folded* tokens (`stem`): NFD, digits as ASCII, every combining mark dropped
+(matras, nukta, anusvara/chandrabindu, virama) and long vowels folded. That is a crude Hindi stemmer
+on purpose: जाता/जाती/जाते, मंदिर/मंदिरों and क़िला/किला each fold to one key, so a faithful
+paraphrase that re-inflects the context's words still matches it.
+
+- facts: numbers (ASCII or Devanagari digits, Hindi number words: "पाँच सौ" = 500, "ढाई" = 2.5,
+  "3,800" = 3800), month and weekday names (dates), and named entities: Latin-script words and the
+  word before a place/name head ("दशाश्वमेध घाट", "संकट मोचन मंदिर") or after a title ("संत कबीर").
+  Every fact of the answer must occur in the context.
+- grounding: the share of the answer's content stems found in its best window of up to three
+  adjacent context sentences (support precision). F1 against a sentence punished short, faithful
+  answers; precision only asks that what the answer says is in the text.
+- restating: what the answer adds beyond the question's own words must be non-empty; when/how-many
+  questions need a number or time word among it, where-questions a place.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from gen.text import STOPWORDS, split_sentences
+
+_DIGITS = str.maketrans("०१२३४५६७८९", "0123456789")
+_VOWEL_FOLD = str.maketrans({"ई": "इ", "ऊ": "उ", "ऐ": "ए", "औ": "ओ", "ॠ": "ऋ", "आ": "अ"})
+# Words are runs of Devanagari letters and marks (no danda, no digits) or of Latin letters; numbers
+# keep their decimal point and thousands commas.
+_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[\u0900-\u0963\u0971-\u097F\u200c\u200d]+|[a-z]+")
+
+
+# Everyday synonyms a faithful paraphrase swaps in (ज़्यादा for अधिक): folded to one word before stemming.
+_SYNONYMS = {"ज्यादा": "अधिक", "ज़्यादा": "अधिक", "तकरीबन": "लगभग", "करीब": "लगभग", "क़रीब": "लगभग",
+             "मशहूर": "प्रसिद्ध", "विख्यात": "प्रसिद्ध", "दाम": "कीमत", "क़ीमत": "कीमत", "मूल्य": "कीमत",
+             "आरंभ": "शुरू", "प्रारंभ": "शुरू", "मंदिरों": "मंदिर", "श्रद्धालु": "भक्त", "यात्री": "पर्यटक",
+             "सैलानी": "पर्यटक", "पुराना": "प्राचीन", "पुरानी": "प्राचीन", "पुराने": "प्राचीन", "दर्शनार्थी": "भक्त"}
+
+
+def stem(token: str) -> str:
+  """Fold one token: synonyms, digits ASCII, all combining marks and ZWJ/ZWNJ dropped, long vowels short."""
+  token = _SYNONYMS.get(unicodedata.normalize("NFC", token), token)
+  text = unicodedata.normalize("NFD", token.lower()).translate(_DIGITS)
+  text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "M" and ch not in "\u200c\u200d")
+  text = text.translate(_VOWEL_FOLD)
+  # With the matras gone, the commonest inflections leave one consonant: देखने/देखना -> दखन,
+  # पुजारियों -> पजरय, देखकर -> दखकर. Strip it from longer words so they meet their base form.
+  if len(text) >= 5 and text.endswith("कर"):
+    return text[:-2]
+  if len(text) >= 4 and text[-1] in "नय":
+    return text[:-1]
+  return text
+
+
+def tokens(text: str) -> list[str]:
+  """Words and numbers of a text in order (NFC, lower case, digits ASCII)."""
+  return _TOKEN.findall(unicodedata.normalize("NFC", text).lower().translate(_DIGITS))
+
+
+_STOP_STEMS = frozenset(stem(w) for w in STOPWORDS) | frozenset(stem(w) for w in (
+  "कौन कौनसा कौनसी कौनसे क्या कब कहाँ कहां किस किसे किसको किन किसका किसकी किसके किसने कैसे कैसा कैसी "
+  "क्यों कितना कितनी कितने इसे उसे इसका उसका इसकी उसकी इसके उसके यहाँ वहाँ जहाँ अपना अपनी अपने "
+  "सकता सकती सकते जा जाना हुआ हुई हुए होती होते बहुत लगभग करीब तक वाले वाली वाला साथ द्वारा "
+  "बाद पहले जैसे जब तब कुछ सभी सब कोई किसी ओर अंदर बाहर ऊपर नीचे").split())
+
+
+def content_stems(text: str) -> list[str]:
+  """Folded tokens without function words and interrogatives."""
+  return [s for s in map(stem, tokens(text)) if s and s not in _STOP_STEMS]
+
+
+# ---------------------------------------------------------------- facts
+
+_UNITS = {"शून्य": 0, "एक": 1, "दो": 2, "तीन": 3, "चार": 4, "पाँच": 5, "पांच": 5, "छह": 6, "छः": 6, "छे": 6,
+          "सात": 7, "आठ": 8, "नौ": 9, "दस": 10, "ग्यारह": 11, "बारह": 12, "तेरह": 13, "चौदह": 14, "पंद्रह": 15,
+          "पन्द्रह": 15, "सोलह": 16, "सत्रह": 17, "अठारह": 18, "उन्नीस": 19, "बीस": 20, "पच्चीस": 25, "तीस": 30,
+          "पैंतीस": 35, "चालीस": 40, "पैंतालीस": 45, "पचास": 50, "साठ": 60, "सत्तर": 70, "अस्सी": 80,
+          "नब्बे": 90, "डेढ़": 1.5, "ढाई": 2.5, "आधा": 0.5, "आधी": 0.5}
+_MULTIPLIERS = {"सौ": 100, "हज़ार": 1000, "हजार": 1000, "लाख": 10 ** 5, "करोड़": 10 ** 7}
+
+
+def _light(token: str) -> str:
+  # Number words keep their vowel signs (stems would merge सौ with से and नौ with ने); only nukta and
+  # chandrabindu/anusvara spellings are folded.
+  text = unicodedata.normalize("NFD", token).replace("\u093c", "").replace("\u0901", "\u0902")
+  return unicodedata.normalize("NFC", text)
+
+
+_NUMBER_WORDS = {_light(w): v for w, v in {**_UNITS, **_MULTIPLIERS}.items()}
+_MULTIPLIER_WORDS = {_light(w) for w in _MULTIPLIERS}
+# Also the name of a ghat (अस्सी घाट): a number word right before a place head is an entity, not a number.
+_DATE_WORDS = frozenset(_light(w) for w in (  # whole words: चैत्र and चित्र share a stem
+  "जनवरी फ़रवरी फरवरी मार्च अप्रैल मई जून जुलाई अगस्त सितंबर सितम्बर अक्टूबर नवंबर नवम्बर दिसंबर दिसम्बर "
+  "चैत्र वैशाख ज्येष्ठ आषाढ़ श्रावण सावन भाद्रपद भादो आश्विन कार्तिक मार्गशीर्ष अगहन पौष माघ फाल्गुन फागुन "
+  "सोमवार मंगलवार बुधवार गुरुवार बृहस्पतिवार शुक्रवार शनिवार रविवार").split())
+# Heads and titles match as whole words (their stems collide: संत and सात both fold to सत).
+_PLACE_HEADS = frozenset(_light(w) for w in (
+  "घाट मंदिर मन्दिर कुंड कुण्ड आश्रम महल मस्जिद गली किला क़िला तालाब झील गुरुद्वारा स्तूप धाम मठ सरोवर "
+  "चौक गेट").split())
+_TITLES = frozenset(_light(w) for w in "श्री संत स्वामी महर्षि राजा महाराजा रानी डॉ बाबा भगवान".split())
+# Adjectives that stand before a head without naming anything ("पुराने मंदिर", "प्रसिद्ध घाट").
+_NOT_NAMES = frozenset(stem(w) for w in (
+  "प्रसिद्ध पुराना पुराने पुरानी बड़ा बड़े बड़ी छोटा छोटे छोटी नया नए नई सुंदर प्राचीन ऐतिहासिक मुख्य प्रमुख "
+  "पवित्र विशाल कई अनेक दूसरे दूसरा अन्य प्रत्येक हर सबसे").split())
+_QUANTITY_WORDS = frozenset(stem(w) for w in "लाखों हज़ारों हजारों सैकड़ों करोड़ों दर्जनों".split())
+_TIME_WORDS = frozenset(map(stem, _DATE_WORDS)) | frozenset(stem(w) for w in (
+  "सुबह शाम रात दोपहर सूर्योदय सूर्यास्त बजे बजकर दिन सप्ताह महीने महीना साल वर्ष सदी शताब्दी ईस्वी सन् "
+  "प्रतिदिन रोज़ रोज हमेशा त्योहार पर्व पूर्णिमा अमावस्या दिवाली देव दीपावली होली ऋतु सर्दी गर्मी बरसात मौसम").split())
+_LOCATIVES = frozenset(stem(w) for w in "में पर पास किनारे निकट समीप सामने बीच पीछे दूर".split())
+
+
+def _number(token: str) -> float | None:
+  if not token[0].isdigit():
+    return None
+  t = token.replace(",", "") if re.fullmatch(r"\d{1,3}(,\d{2,3})+", token) else token.replace(",", ".")
+  try:
+    return float(t)
+  except ValueError:
+    return None
+
+
+def numbers(text: str) -> set[float]:
+  """Numbers a text states, digits and Hindi number words alike; a lone "एक" (also "a") is not one."""
+  toks = tokens(text)
+  out: set[float] = set()
+  i = 0
+  while i < len(toks):
+    value, words, j = None, 0, i
+    total = current = 0.0
+    while j < len(toks):
+      s, num = _light(toks[j]), _number(toks[j])
+      if num is not None and words == 0 and value is None:
+        current, value = num, num
+      elif s in _MULTIPLIER_WORDS and value is not None or s in _MULTIPLIER_WORDS and words == 0:
+        current = (current or 1) * _NUMBER_WORDS[s]
+        if _NUMBER_WORDS[s] >= 1000:
+          total, current = total + current, 0.0
+        value, words = total + current, words + 1
+      elif s in _NUMBER_WORDS and s not in _MULTIPLIER_WORDS and num is None:
+        if j + 1 < len(toks) and _light(toks[j + 1]) in _PLACE_HEADS:
+          break  # अस्सी घाट: a name
+        current += _NUMBER_WORDS[s]
+        value, words = total + current, words + 1
+      else:
+        break
+      j += 1
+    if value is not None and not (words == 1 and toks[i] == "एक"):
+      out.add(round(value, 6))
+    i = max(j, i + 1)
+  return out
+
+
+def entities(text: str) -> set[str]:
+  """Stems of named entities and dates: Latin words, the word before a place head, after a title."""
+  toks = tokens(text)
+  stems = [stem(t) for t in toks]
+  out = {_light(t) for t in toks if _light(t) in _DATE_WORDS}
+
+  def name(j: int) -> bool:
+    return 0 <= j < len(toks) and stems[j] not in _STOP_STEMS | _NOT_NAMES and not toks[j][0].isdigit() \
+      and _light(toks[j]) not in _NUMBER_WORDS
+  for i, (t, s) in enumerate(zip(toks, stems)):
+    if t.isascii() and t.isalpha() and len(t) > 1:
+      out.add(s)
+    elif _light(t) in _PLACE_HEADS and name(i - 1):
+      out.add(stems[i - 1])
+    elif _light(t) in _TITLES and name(i + 1):
+      out.add(stems[i + 1])
+  return out
+
+
+def _fmt(x: float) -> str:
+  return str(int(x)) if x == int(x) else str(x)
+
+
+def unsupported_numbers(answer: str, context: str) -> list[str]:
+  """Numbers and dates of the answer that the context does not state."""
+  bad = [_fmt(n) for n in sorted(numbers(answer) - numbers(context))]
+  ctx_words = {_light(t) for t in tokens(context)}
+  return bad + sorted(e for e in entities(answer) & _DATE_WORDS if e not in ctx_words)
+
+
+def unsupported_entities(answer: str, context: str) -> list[str]:
+  """Named entities of the answer (not dates) whose stem the context lacks."""
+  ctx_stems = {stem(t) for t in tokens(context)}
+  return sorted(e for e in entities(answer) - _DATE_WORDS if e not in ctx_stems)
+
+
+# ---------------------------------------------------------------- grounding and restating
+
+def _wordy_stems(text: str) -> list[str]:
+  # content stems without numbers: 45 and पैंतालीस are one fact, which unsupported_numbers compares by value
+  return [stem(t) for t in tokens(text) if stem(t) not in _STOP_STEMS and not t[0].isdigit()
+          and _light(t) not in _NUMBER_WORDS]
+
+
+def grounding_score(answer: str, context: str, window: int = 3) -> float:
+  """Share of the answer's content stems (numbers aside) in its best window of <= `window` adjacent sentences."""
+  ans = _wordy_stems(answer)
+  if not ans:
+    return 1.0 if content_stems(answer) else 0.0  # only numbers: judged by unsupported_numbers alone
+  sents = [set(_wordy_stems(s)) for s in split_sentences(context)]
+  best = 0
+  for i in range(len(sents)):
+    covered: set[str] = set()
+    for s in sents[i:i + window]:
+      covered |= s
+      best = max(best, sum(t in covered for t in ans))
+  return best / len(ans)
+
+
+def new_content_support(question: str, answer: str, context: str) -> float:
+  """Share of what the answer adds beyond the question (numbers aside: they are checked by value) found in the context."""
+  ctx = {stem(t) for t in tokens(context)}
+  asked = set(content_stems(question))
+  new = [s for s in _wordy_stems(answer) if s not in asked]
+  return sum(s in ctx for s in new) / len(new) if new else 1.0
+
+
+def new_content(question: str, answer: str) -> list[str]:
+  """The answer's content stems that the question does not already contain."""
+  asked = set(content_stems(question))
+  return [s for s in content_stems(answer) if s not in asked]
+
+
+_WHEN, _HOW_MANY, _WHERE = (frozenset(stem(w) for w in ws.split()) for ws in (
+  "कब", "कितना कितनी कितने", "कहाँ कहां किधर"))
+_WHERE_PHRASE = re.compile(r"किस\s+(?:शहर|जगह|स्थान|घाट|राज्य|जिले|ज़िले|देश|गली|इलाके|क्षेत्र)")
+
+
+def restatement(question: str, answer: str) -> str:
+  """Why the answer does not answer the question ("" when it does)."""
+  new = new_content(question, answer)
+  if not new:
+    return "adds nothing beyond the question's words"
+  q = {stem(t) for t in tokens(question)}
+  new_set = set(new)
+  if q & _HOW_MANY and not (numbers(answer) or new_set & _QUANTITY_WORDS):
+    return "how-many question without a number"
+  if q & _WHEN and not (numbers(answer) or new_set & _TIME_WORDS):
+    return "when-question without a number or time word"
+  if q & _WHERE or _WHERE_PHRASE.search(unicodedata.normalize("NFC", question)):
+    # a place is a new word up to three words before a locative ("वाराणसी के चौक इलाके में");
+    # "कहाँ से" (from where) is answered by "X से"
+    locatives = _LOCATIVES | ({stem("से")} if "से" in tokens(question) else set())
+    ans = [stem(t) for t in tokens(answer)]
+    places = {ans[j] for i, s in enumerate(ans) if s in locatives for j in range(max(0, i - 3), i)}
+    if not (places | entities(answer)) & new_set:
+      return "where-question without a new place"
+  return ""
