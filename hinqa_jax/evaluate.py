@@ -41,11 +41,11 @@ def predict(cfg, params, tokenizer, records: list[data.Record], *, adapters=None
       n_ctx = len(tokenizer.encode(r.context, add_special_tokens=False))
       ids = data.encode_prompt(tokenizer, r, template, max_context_tokens=max(n_ctx - over - 8, 0))
     prompts.append(ids)
-  order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
   answers: list[str] = [""] * len(records)
   stops = stop_ids(tokenizer)
-  for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
-    idx = order[start:start + batch_size]
+  # Shortest first; at most batch_size rows, fewer for long prompts (the KV cache is sized by tokens).
+  for idx in tqdm(decode.token_batches([len(q) for q in prompts], max_new_tokens, batch_size), desc=desc,
+                  disable=not progress):
     outs = decode.generate(cfg, params, [prompts[i] for i in idx], max_new_tokens, eos_ids=stops,
                            adapters=adapters, lora_cfg=lora_cfg)
     for i, toks in zip(idx, outs):

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hinqa_jax import checkpoint, hf, lora, model, sharding, validation
+from hinqa_jax import checkpoint, hf, lora, loss, model, sharding, validation
 from hinqa_jax.tracking import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -78,15 +78,14 @@ def loss_sums(trainable, frozen, batch, rng, *, cfg, lcfg, mode, act_sharding=No
   """(sum of next-token NLL over loss-masked targets, number of such targets)."""
   params, adapters = (frozen, trainable) if mode == "lora" else (trainable, None)
   seg = batch["segment_ids"]
-  logits = model.forward(cfg, params, batch["tokens"], segment_ids=seg, positions=batch["positions"],
-                         adapters=adapters, lora_cfg=lcfg if mode == "lora" else None,
-                         dropout_rng=rng if (mode == "lora" and lcfg.dropout) else None,
-                         activation_sharding=act_sharding)
+  x_btd = model.forward_hidden(cfg, params, batch["tokens"], segment_ids=seg, positions=batch["positions"],
+                              adapters=adapters, lora_cfg=lcfg if mode == "lora" else None,
+                              dropout_rng=rng if (mode == "lora" and lcfg.dropout) else None,
+                              activation_sharding=act_sharding)
   # Position t predicts token t+1, only inside one segment and only where token t+1 is an answer token.
   weights = (batch["loss_mask"][:, 1:] > 0) & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], batch["tokens"][:, 1:])
   w = weights.astype(jnp.float32)
-  return jnp.sum(nll * w), jnp.sum(w)
+  return loss.next_token_nll(cfg, params, x_btd, batch["tokens"], w), jnp.sum(w)  # no [B,T,V] logits
 
 
 def make_step(cfg, lcfg, mode: str, optimizer, schedule, grad_accum: int, seed: int, mesh=None):
