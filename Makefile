@@ -8,7 +8,7 @@ $(VENV_STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(VENV_STAMP)
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench bench-accel clean
 venv: $(VENV_STAMP)
 
 demo: $(VENV_STAMP)
@@ -19,6 +19,11 @@ test: $(VENV_STAMP)
 
 bench: $(VENV_STAMP)
 	$(PY) bench/run_all.py
+
+# One H100/H200 with jax[cuda], flax, optax, orbax, transformers and peft installed (no venv made): < 8 min.
+PYTHON ?= python3
+bench-accel:
+	$(PYTHON) bench/accelerator.py --out bench/accelerator.json
 
 clean:
 	rm -rf runs

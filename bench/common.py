@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import tempfile
 import time
 
@@ -14,11 +15,16 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from hinqa_jax import hf, model
 
 BENCH_PRESET = "bench30m"
+# The layer-dominated bench model (33.6M): d512, 8 layers, 8 heads / 4 KV heads, vocab 8192; the head is
+# an eighth of the weights, so decode and train time go to the decoder layers, not the output head.
+LAYER34M = model.ModelConfig.preset("bench30m", vocab_size=8192, dim=512, n_layers=8, n_heads=8, n_kv_heads=4,
+                                    ffn_dim=1536, head_dim=64)
+MODELS = {"bench30m": model.ModelConfig.preset(BENCH_PRESET), "layer34m": LAYER34M}
 
 
-def bench_models(seed: int = 0):
+def bench_models(seed: int = 0, name: str = BENCH_PRESET):
   """(torch model float32, our cfg, our params): the same random weights on both sides."""
-  c = model.ModelConfig.preset(BENCH_PRESET)
+  c = MODELS[name]
   hf_cfg = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.ffn_dim,
                        num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads,
                        head_dim=c.head_dim, max_position_embeddings=c.max_seq_len, rms_norm_eps=c.rms_eps,
@@ -34,8 +40,17 @@ def bench_models(seed: int = 0):
   return m, cfg, params
 
 
+def cpu_model() -> str:
+  """`lscpu`'s model name (the CPU a figure came from), else the platform's."""
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
-  return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
+  return (f"{cpu_model()}, {os.cpu_count()} cores, jax {jax.__version__} "
           f"({jax.devices()[0].platform}), torch {torch.__version__} ({torch.get_num_threads()} threads)")
 
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import best_time, bench_models, machine, matmul_peak_flops  # noqa: E402
+from bench.common import MODELS, best_time, bench_models, machine, matmul_peak_flops  # noqa: E402
 from hinqa_jax import lora, model, plan, sharding, train  # noqa: E402
 from hinqa_jax.config import default_config  # noqa: E402
 
@@ -78,8 +78,9 @@ def main(argv=None) -> dict:
   ap.add_argument("--rank", type=int, default=16)
   ap.add_argument("--lr", type=float, default=2e-4)
   ap.add_argument("--reps", type=int, default=5)
+  ap.add_argument("--model", choices=sorted(MODELS), default="bench30m")
   args = ap.parse_args(argv)
-  m, cfg, params = bench_models()
+  m, cfg, params = bench_models(name=args.model)
   tokens = np.random.RandomState(0).randint(3, cfg.vocab_size, (args.batch, args.seq_len))
   ours, lcfg = _ours(cfg, params, tokens, args.lr, args.rank)
   theirs, their_trainable = _theirs(m, tokens, args.lr, args.rank)
@@ -96,7 +97,7 @@ def main(argv=None) -> dict:
     peak = max(peak, matmul_peak_flops())
   flops = plan.analytic_flops(cfg, lcfg, "lora", args.batch, args.seq_len)
   tokens_step = args.batch * args.seq_len
-  result = {"bench": "train_lora", "params": model.count_params(params), "lora_params": flops["lora_params"],
+  result = {"bench": "train_lora", "model": args.model, "params": model.count_params(params), "lora_params": flops["lora_params"],
             "peft_trainable": their_trainable, "batch": args.batch, "seq_len": args.seq_len, "rank": args.rank,
             "ours_tok_s": tokens_step / t_ours, "peft_tok_s": tokens_step / t_theirs, "speedup": t_theirs / t_ours,
             "model_flops_per_step": flops["model"], "peak_flops": peak,

@@ -33,6 +33,7 @@ def get_config():
   c.train.batch_size = 8
   c.train.learning_rate = 2e-3
   c.train.warmup_steps = 10
+  c.train.eval_every_steps = 25  # val loss 4 times per stage, drawn dashed in loss.png
   c.checkpoint.every_steps = 50
   c.run.stage2_steps = 50
   c.eval.max_new_tokens = 48

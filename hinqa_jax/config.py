@@ -49,6 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.stage = "train"  # stage name of `train`: writes WORKDIR/<stage>/
   c.train.mode = "lora"  # lora (adapters only) | full (all weights: pretraining a small base)
   c.train.num_steps = 100  # optimizer steps of the stage
+  c.train.num_epochs = 0.0  # > 0: instead of num_steps, ceil(num_epochs * packed rows / batch_size) steps (logged)
   c.train.batch_size = 8  # global batch in packed rows per optimizer step
   c.train.grad_accum = 1  # micro-batches per step (batch_size must divide by it)
   c.train.learning_rate = 2e-4  # peak learning rate
@@ -57,6 +58,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.weight_decay = 0.0  # AdamW decoupled weight decay
   c.train.clip_norm = 1.0  # global gradient-norm clip
   c.train.log_every = 1  # steps between metrics.jsonl lines
+  c.train.eval_every_steps = 0  # steps between val losses (data.val's answer tokens, packed alike); 0 = none
+  c.train.keep_best = False  # also keep the checkpoint of lowest val loss; evaluation, export and M2 then use it
   c.train.reset_optimizer = True  # a stage restored from another starts with fresh optimizer state
 
   c.checkpoint = ml_collections.ConfigDict()
@@ -79,6 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.run = ml_collections.ConfigDict()
   c.run.experiments = ("m1", "m2", "m3")  # m1 original | m2 original then synthetic | m3 mixed
+  c.run.seeds = ()  # train every experiment once per seed, e.g. (0, 1, 2) (stages <name>_s<seed>); () = (seed,)
   c.run.per_teacher = False  # also M2 on each teacher's synthetic data alone (m2_<teacher>)
   c.run.ratios = ()  # also M2 on this fraction of the synthetic data, e.g. (0.1, 0.25, 0.5, 1.0) (m2_r<pct>)
   c.run.stage2_steps = 0  # steps of M2's synthetic stage; 0 = train.num_steps
@@ -90,6 +94,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.max_examples = 0  # 0 = every record of a split
   c.eval.bertscore_model = ""  # local BERT directory for BERTScore; empty = not computed
   c.eval.bertscore_layer = 9  # layer of that model used for BERTScore
+  c.eval.n_bootstrap = 1000  # bootstrap resamples of the 95% confidence intervals
+  c.eval.n_trials = 10000  # approximate-randomization trials of each comparison's p-value
+  c.eval.significance_seed = 12345  # seed of that resampling (> 0; sacrebleu's default)
   return c
 
 
@@ -125,6 +132,7 @@ def vatika_llama3_8b(experiments: tuple[str, ...]) -> ml_collections.ConfigDict:
   c.train.learning_rate = 2e-4
   c.train.warmup_steps = 30
   c.train.weight_decay = 0.0
+  c.train.eval_every_steps = 100  # val loss on the VATIKA val split
   c.checkpoint.every_steps = 100
   c.checkpoint.keep = 3
   c.run.experiments = experiments

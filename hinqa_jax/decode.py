@@ -18,8 +18,38 @@ from hinqa_jax import distributed, model as model_lib, sharding
 from hinqa_jax.model import ModelConfig, Params
 
 
-def _bucket(n: int, multiple: int) -> int:
+# Cache slots (rows x (prompt + new tokens)) of one generate call in evaluation: 64Ki slots is a 8.6 GB
+# bf16 cache at Llama-3.1-8B (131 KB a slot), so 32 rows of 2048 fit one device beside the weights.
+EVAL_BATCH_SLOTS = 65536
+
+
+def bucket(n: int, multiple: int) -> int:
+  """n rounded up to a multiple (prompt lengths are padded to few distinct shapes)."""
   return -(-n // multiple) * multiple
+
+
+def token_batch_rows(prompt_len: int, max_new_tokens: int, max_rows: int, max_slots: int = EVAL_BATCH_SLOTS) -> int:
+  """Rows of one generate call: at most max_rows, and rows * (prompt_len + max_new_tokens) <= max_slots
+  (at least one row)."""
+  return max(1, min(max_rows, max_slots // (prompt_len + max_new_tokens)))
+
+
+def token_batches(prompt_lens: Sequence[int], max_new_tokens: int, max_rows: int, *,
+                  max_slots: int = EVAL_BATCH_SLOTS, length_multiple: int = 16) -> list[list[int]]:
+  """Indices of prompts grouped into generate calls, shortest first, each call's cache within
+  max_slots: short prompts go max_rows at a time, long ones in fewer rows."""
+  order = sorted(range(len(prompt_lens)), key=lambda i: prompt_lens[i])
+  batches: list[list[int]] = []
+  while order:
+    rows = 1
+    while rows < len(order):  # the batch's longest prompt is its last (sorted)
+      longest = bucket(prompt_lens[order[rows]], length_multiple)
+      if rows + 1 > token_batch_rows(longest, max_new_tokens, max_rows, max_slots):
+        break
+      rows += 1
+    batches.append(order[:rows])
+    order = order[rows:]
+  return batches
 
 
 def sample_logits(logits_bv, key, temperature: float, top_k: int, top_p: float):
@@ -43,19 +73,28 @@ def sample_logits(logits_bv, key, temperature: float, top_k: int, top_p: float):
 
 
 # The empty cache comes in as an argument, not built inside: as a constant, XLA would try to
-# constant-fold the prefill's attention over it (slow compiles for long prompts).
-@functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg", "max_new_tokens", "temperature", "top_k", "top_p"))
+# constant-fold attention over it (slow compiles for long prompts); donated, its buffers become the
+# loop's cache, updated in place.
+@functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg", "max_new_tokens", "temperature", "top_k", "top_p"),
+                   donate_argnames=("cache",))
 def _generate(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segment_bp, stop_ids, key, cache, *,
               max_new_tokens: int, temperature: float, top_k: int, top_p: float):
   b, p = tokens_bp.shape
   positions_bp = jnp.maximum(jnp.cumsum(segment_bp, axis=1) - 1, 0).astype(jnp.int32)
-  x, cache = model_lib.forward_hidden(cfg, params, tokens_bp, segment_ids=segment_bp, positions=positions_bp,
-                                      adapters=adapters, lora_cfg=lora_cfg, cache=cache, cache_index=0)
+  # Prefill: the prompt through the training attention (fused/blocked, no scores against the empty
+  # cache); each layer's keys/values are written into its cache once.
+  x, kv = model_lib.forward_hidden(cfg, params, tokens_bp, segment_ids=segment_bp, positions=positions_bp,
+                                   adapters=adapters, lora_cfg=lora_cfg, return_kv=True)
+  cache = [{name: jax.lax.dynamic_update_slice(c[name], jnp.swapaxes(kv[name][i], 1, 2).astype(c[name].dtype),
+                                               (0, 0, 0, 0)) for name in ("k", "v")} for i, c in enumerate(cache)]
+  segments_bs = jnp.zeros((b, p + max_new_tokens), jnp.int32).at[:, :p].set(segment_bp).at[:, p:].set(1)
   logits = model_lib.logits_from_hidden(cfg, params, x[:, -1:])[:, 0]
   first = sample_logits(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p)
   out = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
   done = jnp.isin(first, stop_ids)
   next_pos = positions_bp[:, -1] + 1
+  layers = model_lib.split_layers(params["layers"])  # once, outside the token loop
+  layer_adapters = model_lib.split_layers(adapters["layers"]) if adapters is not None else None
 
   def cond(state):
     i, _, _, done, _ = state
@@ -64,17 +103,21 @@ def _generate(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segment_b
   def body(state):
     i, out, cache, done, pos = state
     tok = out[:, i - 1]
-    x, cache = model_lib.forward_hidden(cfg, params, tok[:, None], segment_ids=jnp.ones((b, 1), jnp.int32),
-                                        positions=pos[:, None], adapters=adapters, lora_cfg=lora_cfg,
-                                        cache=cache, cache_index=p + i - 1)
+    x, cache = model_lib.forward_cached(cfg, params, layers, layer_adapters, tok[:, None], pos[:, None], cache,
+                                        segments_bs, p + i - 1, lora_cfg=lora_cfg)
     logits = model_lib.logits_from_hidden(cfg, params, x)[:, 0]
     nxt = sample_logits(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
     nxt = jnp.where(done, 0, nxt)  # finished rows keep emitting a filler that is cut off below
     out = out.at[:, i].set(nxt)
     return i + 1, out, cache, done | jnp.isin(nxt, stop_ids), pos + 1
 
-  n, out, _, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), out, cache, done, next_pos))
-  return out, n
+  n, out, cache, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), out, cache, done, next_pos))
+  return out, n, cache  # the cache as an output, so the donated input buffers are its buffers
+
+
+def generate_fn():
+  """The jitted generate (for `plan` to lower on abstract shapes)."""
+  return _generate
 
 
 def _on_mesh(mesh, cfg: ModelConfig, tokens_bp: np.ndarray, segment_bp: np.ndarray, slots: int):
@@ -112,7 +155,7 @@ def generate(cfg: ModelConfig, params: Params, prompts: Sequence[Sequence[int]],
   n_prompts = len(prompts)
   if mesh is not None:  # copies of the last prompt fill the rows up to a multiple of the batch shards
     prompts = list(prompts) + [prompts[-1]] * (-n_prompts % sharding.batch_divisor(mesh))
-  p = _bucket(longest, length_multiple)
+  p = bucket(longest, length_multiple)
   tokens = np.zeros((len(prompts), p), np.int32)
   segments = np.zeros((len(prompts), p), np.int32)
   for row, q in enumerate(prompts):
@@ -123,8 +166,8 @@ def generate(cfg: ModelConfig, params: Params, prompts: Sequence[Sequence[int]],
     cache = model_lib.init_cache(cfg, len(prompts), p + max_new_tokens)
   else:
     tokens, segments, cache = _on_mesh(mesh, cfg, tokens, segments, p + max_new_tokens)
-  out, n = _generate(cfg, params, adapters, lora_cfg, tokens, segments,
-                     jnp.asarray(stops, jnp.int32), jax.random.key(seed), cache, max_new_tokens=max_new_tokens,
+  out, n, _ = _generate(cfg, params, adapters, lora_cfg, tokens, segments,
+                        jnp.asarray(stops, jnp.int32), jax.random.key(seed), cache, max_new_tokens=max_new_tokens,
                      temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
   out = distributed.to_host(out)[:n_prompts, :int(n)]
   stop_set = set(stops)

@@ -26,14 +26,15 @@ SPLITS = ("val", "test1", "test2")
 
 # ----------------------------------------------------------------------------- a trained LoRA stage on the mesh
 def load_adapters(stage_dir: str | os.PathLike, cfg, lcfg=None, mesh=None):
-  """(final adapters of a LoRA stage, their LoraConfig), restored onto `mesh` sharded as in training.
+  """(selected adapters of a LoRA stage, their LoraConfig), restored onto `mesh` sharded as in training:
+  the final ones, or the lowest val loss's when the stage kept one (train.keep_best).
 
   The rank, alpha and targets come from the checkpoint's metadata unless `lcfg` is given, so evaluation
   and export need no re-typing; a checkpoint of another model, a full-training stage or arrays that do
   not match their metadata are refused before anything is read. Any mesh, any number of processes
   (default mesh: every device, data parallel)."""
-  from hinqa_jax import checkpoint, lora, sharding, train as train_lib
-  ckpt = Path(stage_dir) / "checkpoints"
+  from hinqa_jax import checkpoint, lora, sharding, train as train_lib, validation
+  ckpt = validation.selected_checkpoints(stage_dir)
   if not ckpt.is_dir():
     raise FileNotFoundError(f"stage {Path(stage_dir).name}: no checkpoints at {ckpt} (train it first)")
   meta = checkpoint.read_meta(checkpoint.manager(ckpt))
@@ -79,11 +80,11 @@ def predict(cfg, params, tokenizer, records: list[data.Record], *, adapters=None
       n_ctx = len(tokenizer.encode(r.context, add_special_tokens=False))
       ids = data.encode_prompt(tokenizer, r, template, max_context_tokens=max(n_ctx - over - 8, 0))
     prompts.append(ids)
-  order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
   answers: list[str] = [""] * len(records)
   stops = stop_ids(tokenizer)
-  for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress or not distributed.is_main()):
-    idx = order[start:start + batch_size]
+  # Shortest first; at most batch_size rows, fewer for long prompts (the KV cache is sized by tokens).
+  for idx in tqdm(decode.token_batches([len(q) for q in prompts], max_new_tokens, batch_size), desc=desc,
+                  disable=not progress or not distributed.is_main()):
     outs = decode.generate(cfg, params, [prompts[i] for i in idx], max_new_tokens, eos_ids=stops,
                            adapters=adapters, lora_cfg=lora_cfg, mesh=mesh)
     for i, toks in zip(idx, outs):

@@ -22,6 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hinqa_jax import attention
+from hinqa_jax.attention import ATTN_BLOCK  # noqa: F401 (the query block of the CPU path; tests read it here)
+
 Params = dict[str, Any]
 LLAMA3_EOS_IDS = (128001, 128008, 128009)
 
@@ -120,11 +123,16 @@ def _rotate_half(x):
   return jnp.concatenate([-x2, x1], axis=-1)
 
 
-def apply_rope(x_bthe, positions_bt, inv_freq):
-  """Rotary embedding in the rotate-half layout of HF checkpoints (no q/k permutation needed)."""
+def rope_tables(positions_bt, inv_freq, dtype):
+  """(cos, sin) [B,T,1,E] of the rotary embedding, made once per forward and shared by every layer."""
   freqs_bte = positions_bt.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
   emb = jnp.concatenate([freqs_bte, freqs_bte], axis=-1)[:, :, None, :]
-  cos, sin = jnp.cos(emb).astype(x_bthe.dtype), jnp.sin(emb).astype(x_bthe.dtype)
+  return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x_bthe, rope):
+  """Rotary embedding in the rotate-half layout of HF checkpoints (no q/k permutation needed)."""
+  cos, sin = rope
   return x_bthe * cos + _rotate_half(x_bthe) * sin
 
 
@@ -202,32 +210,13 @@ class Block(nnx.Module):
     q = proj(attn.q_proj, "self_attn", "q_proj", h, 0).reshape(b, t, cfg.n_heads, e)
     k = proj(attn.k_proj, "self_attn", "k_proj", h, 1).reshape(b, t, k_heads, e)
     v = proj(attn.v_proj, "self_attn", "v_proj", h, 2).reshape(b, t, k_heads, e)
-    q = apply_rope(q, ctx["positions"], ctx["inv_freq"])
-    k = apply_rope(k, ctx["positions"], ctx["inv_freq"])
-    q_btkge = q.reshape(b, t, k_heads, g, e)
-    neg, scale_e = jnp.finfo(jnp.float32).min, 1.0 / jnp.sqrt(jnp.float32(e))
-    if cache is None:
-      out = _causal_attention(q_btkge, k, v, ctx["mask_bts"], scale_e)
-      new_cache = None
+    q = apply_rope(q, ctx["rope"])
+    k = apply_rope(k, ctx["rope"])
+    if cache is None:  # training and prefill: the backend's fused/blocked kernel over this chunk only
+      out = attention.causal_attention(q, k, v, ctx["segment_ids"], mesh=ctx["mesh"])
+      new_kv = {"k": k, "v": v} if ctx["want_kv"] else None
     else:
-      # Decoding: the cache (earlier chunks) is only read here; the new keys/values go back to the
-      # caller, which writes all layers' chunks into the cache in one in-place update. Softmax runs
-      # jointly over both key blocks, so no concatenated copy of the cache is ever made.
-      # Scores of this chunk's queries against this chunk's keys (causal, same segment) ...
-      s_new = jnp.einsum("btkge,bske->bkgts", q_btkge, k, preferred_element_type=jnp.float32) * scale_e
-      s_new = jnp.where(ctx["mask_bts"][:, None, None], s_new, neg)
-      # ... and against the earlier chunks in the cache.
-      k_old, v_old = cache["k"].astype(x_btd.dtype), cache["v"].astype(x_btd.dtype)
-      s_old = jnp.einsum("btkge,bkse->bkgts", q_btkge, k_old, preferred_element_type=jnp.float32) * scale_e
-      s_old = jnp.where(ctx["mask_cache_bts"][:, None, None], s_old, neg)
-      m = jnp.maximum(jnp.max(s_old, axis=-1, keepdims=True), jnp.max(s_new, axis=-1, keepdims=True))
-      p_old, p_new = jnp.exp(s_old - m), jnp.exp(s_new - m)
-      denom = jnp.sum(p_old, axis=-1, keepdims=True) + jnp.sum(p_new, axis=-1, keepdims=True)
-      p_old, p_new = (p_old / denom).astype(x_btd.dtype), (p_new / denom).astype(x_btd.dtype)
-      out = jnp.einsum("bkgts,bkse->btkge", p_old, v_old) + jnp.einsum("bkgts,bske->btkge", p_new, v)
-      # Cache layout [B,K,S,E]: the dots read it as stored, with no per-token transpose of the cache.
-      new_cache = {"k": jnp.swapaxes(k, 1, 2).astype(cache["k"].dtype),
-                   "v": jnp.swapaxes(v, 1, 2).astype(cache["v"].dtype)}
+      out, new_kv = _cached_attention(q.reshape(b, t, k_heads, g, e), k, v, cache, ctx)
     out = out.reshape(b, t, cfg.n_heads * e)
     x_btd = x_btd + proj(attn.o_proj, "self_attn", "o_proj", out, 3)
 
@@ -236,28 +225,22 @@ class Block(nnx.Module):
     gate = proj(mlp.gate_proj, "mlp", "gate_proj", h, 4)
     up = proj(mlp.up_proj, "mlp", "up_proj", h, 5)
     x_btd = x_btd + proj(mlp.down_proj, "mlp", "down_proj", jax.nn.silu(gate) * up, 6)
-    return x_btd, new_cache
+    return x_btd, new_kv
 
 
-ATTN_BLOCK = 128  # query block of the causal attention in training and prefill
-
-
-def _causal_attention(q_btkge, k_bske, v_bske, mask_bts, scale):
-  """Masked softmax attention within one chunk, by query blocks: block i reads only keys up to its end,
-  so the fully masked upper triangle is never computed (~40% less work at 512 tokens)."""
-  t = q_btkge.shape[1]
-  n_blocks = t // ATTN_BLOCK if t % ATTN_BLOCK == 0 else 1
-  size = t // n_blocks
-  neg = jnp.finfo(jnp.float32).min
-  outs = []
-  for i in range(n_blocks):
-    end = (i + 1) * size
-    q = q_btkge[:, i * size:end]
-    s = jnp.einsum("btkge,bske->bkgts", q, k_bske[:, :end], preferred_element_type=jnp.float32) * scale
-    s = jnp.where(mask_bts[:, None, None, i * size:end, :end], s, neg)
-    p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
-    outs.append(jnp.einsum("bkgts,bske->btkge", p, v_bske[:, :end]))
-  return outs[0] if n_blocks == 1 else jnp.concatenate(outs, axis=1)
+def _cached_attention(q_btkge, k_bske, v_bske, cache, ctx):
+  """Decoding: this chunk's keys/values written into the layer's cache [B,K,S,E] in place at
+  ctx["cache_index"], then one softmax over the cache as stored (no slice or concatenated copy)."""
+  at = (0, 0, ctx["cache_index"], 0)
+  k_cache = jax.lax.dynamic_update_slice(cache["k"], jnp.swapaxes(k_bske, 1, 2).astype(cache["k"].dtype), at)
+  v_cache = jax.lax.dynamic_update_slice(cache["v"], jnp.swapaxes(v_bske, 1, 2).astype(cache["v"].dtype), at)
+  dt = q_btkge.dtype
+  scale = 1.0 / np.sqrt(q_btkge.shape[-1])
+  s = jnp.einsum("btkge,bkse->bkgts", q_btkge, k_cache.astype(dt), preferred_element_type=jnp.float32) * scale
+  s = jnp.where(ctx["mask_cache_bts"][:, None, None], s, jnp.finfo(jnp.float32).min)
+  p = jax.nn.softmax(s, axis=-1).astype(dt)
+  out = jnp.einsum("bkgts,bkse->btkge", p, v_cache.astype(dt))
+  return out.reshape(*out.shape[:2], -1), {"k": k_cache, "v": v_cache}
 
 
 @functools.lru_cache(maxsize=None)
@@ -294,58 +277,86 @@ _REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
                    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-def attention_mask(q_segment_bt, k_segment_bs, q_slot_bt, k_slot_bs):
-  """Who may attend to whom: same non-zero segment, and key slot not after query slot (causal)."""
-  same = (q_segment_bt[:, :, None] == k_segment_bs[:, None, :]) & (k_segment_bs[:, None, :] != 0)
-  return same & (k_slot_bs[:, None, :] <= q_slot_bt[:, :, None])
-
-
-def forward_hidden(cfg: ModelConfig, params: Params, tokens_bt, *, segment_ids=None, positions=None,
-                   adapters=None, lora_cfg=None, dropout_rng=None, cache=None, cache_index=None,
-                   activation_sharding=None):
-  """Final-norm hidden states [B,T,D]; with `cache`, also the cache with this chunk written at
-  `cache_index` (all layers in one in-place update). See `forward`."""
-  b, t = tokens_bt.shape
-  dt = _dtype(cfg.dtype)
+def _context(cfg: ModelConfig, b: int, t: int, segment_ids, positions, activation_sharding):
   if segment_ids is None:
     segment_ids = jnp.ones((b, t), jnp.int32)
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-  slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-  mask = attention_mask(segment_ids, segment_ids, slots, slots)  # within this chunk: causal, same segment
-  mask_cache = None
-  if cache is not None:  # against earlier chunks: same non-zero segment (they all come before)
-    mask_cache = ((cache["segment_ids"][:, None, :] == segment_ids[:, :, None]) &
-                  (cache["segment_ids"][:, None, :] != 0))
-  ctx = {"positions": positions, "inv_freq": rope_inv_freq(cfg), "mask_bts": mask, "mask_cache_bts": mask_cache}
+  mesh = activation_sharding.mesh if activation_sharding is not None else None
+  rope = rope_tables(positions, rope_inv_freq(cfg), _dtype(cfg.dtype))
+  return {"rope": rope, "segment_ids": segment_ids, "mesh": mesh, "want_kv": False}
 
-  x = params["embed_tokens"]["embedding"].astype(dt)[tokens_bt]
-  graphdef = _block_graphdef(cfg)
+
+def _lora_settings(cfg: ModelConfig, lora_cfg, dropout_rng):
   scale = lora_cfg.scale if lora_cfg is not None else 1.0
   dropout = lora_cfg.dropout if lora_cfg is not None else 0.0
-  layer_adapters = adapters["layers"] if adapters is not None else None
   layer_rngs = jax.random.split(dropout_rng, cfg.n_layers) if dropout_rng is not None else None
+  return scale, dropout, layer_rngs
+
+
+def forward_hidden(cfg: ModelConfig, params: Params, tokens_bt, *, segment_ids=None, positions=None,
+                   adapters=None, lora_cfg=None, dropout_rng=None, activation_sharding=None, return_kv: bool = False):
+  """Final-norm hidden states [B,T,D] (see `forward`); with return_kv, also every layer's keys and
+  values {"k", "v"}: [L,B,T,K,E] (after RoPE), for a prefill to write into a cache once."""
+  b, t = tokens_bt.shape
+  dt = _dtype(cfg.dtype)
+  ctx = _context(cfg, b, t, segment_ids, positions, activation_sharding)
+  ctx["want_kv"] = return_kv
+  x = params["embed_tokens"]["embedding"].astype(dt)[tokens_bt]
+  graphdef = _block_graphdef(cfg)
+  scale, dropout, layer_rngs = _lora_settings(cfg, lora_cfg, dropout_rng)
+  layer_adapters = adapters["layers"] if adapters is not None else None
 
   def body(x_btd, layer):
-    p, ad, rng, kv = layer
+    p, ad, rng = layer
     if activation_sharding is not None:
       x_btd = jax.lax.with_sharding_constraint(x_btd, activation_sharding)
     block = nnx.merge(graphdef, p)
-    return block(cfg, x_btd, ctx, ad, (scale, dropout, rng), kv)
+    return block(cfg, x_btd, ctx, ad, (scale, dropout, rng), None)
 
   if cfg.remat != "none":
     body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-  layer_cache = {"k": cache["k"], "v": cache["v"]} if cache is not None else None
-  x, chunk_kv = jax.lax.scan(body, x, (params["layers"], layer_adapters, layer_rngs, layer_cache))
-  norm = nnx.merge(nnx.graphdef(RMSNorm(1, cfg.rms_eps, jnp.float32)), params["norm"])
-  x = norm(x)
-  if cache is None:
-    return x
-  at = (0, 0, 0, cache_index, 0)  # every layer's new chunk written at once, in place in the caller's loop
-  return x, {"k": jax.lax.dynamic_update_slice(cache["k"], chunk_kv["k"], at),
-             "v": jax.lax.dynamic_update_slice(cache["v"], chunk_kv["v"], at),
-             "segment_ids": jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32),
-                                                         (0, cache_index))}
+  x, kv = jax.lax.scan(body, x, (params["layers"], layer_adapters, layer_rngs))
+  x = _final_norm(cfg, params, x)
+  return (x, kv) if return_kv else x
+
+
+def _final_norm(cfg: ModelConfig, params: Params, x_btd):
+  return nnx.merge(nnx.graphdef(RMSNorm(1, cfg.rms_eps, jnp.float32)), params["norm"])(x_btd)
+
+
+def split_layers(tree):
+  """A stacked [L,...] layer tree as a list of L per-layer trees. Decoding slices once, before its
+  token loop, so no step copies a layer's weights out of the stack (XLA:CPU would, every step)."""
+  n = jax.tree.leaves(tree)[0].shape[0]
+  return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(n)]
+
+
+def forward_cached(cfg: ModelConfig, params: Params, layers: list, layer_adapters: list | None, tokens_bt,
+                   positions_bt, caches: list, cache_segments_bs, cache_index, *, lora_cfg=None):
+  """Hidden states [B,T,D] of a chunk that follows what the caches hold, and the caches with it written.
+
+  layers / layer_adapters: split_layers of params["layers"] / adapters["layers"]; caches: init_cache's
+  per-layer {"k", "v"} [B,K,S,E]; cache_segments_bs: segment ids of the slots, this chunk's included
+  (0 = empty or padding); the chunk's tokens go to slots cache_index.. and see slots up to their own.
+  """
+  b, t = tokens_bt.shape
+  ctx = _context(cfg, b, t, None, positions_bt, None)
+  slots_s = jnp.arange(cache_segments_bs.shape[1])
+  q_slot_bt = cache_index + jnp.arange(t)[None, :]
+  q_segments_bt = jax.lax.dynamic_slice_in_dim(cache_segments_bs, cache_index, t, axis=1)
+  ctx["cache_index"] = cache_index
+  ctx["mask_cache_bts"] = (attention.segment_mask(q_segments_bt, cache_segments_bs)
+                           & (slots_s[None, None, :] <= q_slot_bt[:, :, None]))
+  x = params["embed_tokens"]["embedding"].astype(_dtype(cfg.dtype))[tokens_bt]
+  graphdef = _block_graphdef(cfg)
+  scale = lora_cfg.scale if lora_cfg is not None else 1.0
+  new_caches = []
+  for i, (p, cache) in enumerate(zip(layers, caches)):
+    ad = layer_adapters[i] if layer_adapters is not None else None
+    x, kv = nnx.merge(graphdef, p)(cfg, x, ctx, ad, (scale, 0.0, None), cache)
+    new_caches.append(kv)
+  return _final_norm(cfg, params, x), new_caches
 
 
 def logits_from_hidden(cfg: ModelConfig, params: Params, x_btd):
@@ -371,8 +382,9 @@ def forward(cfg: ModelConfig, params: Params, tokens, *, segment_ids=None, posit
   return logits_from_hidden(cfg, params, x)
 
 
-def init_cache(cfg: ModelConfig, batch: int, slots: int) -> dict:
-  """Empty KV cache: keys/values [L,B,K,S,E] in the compute dtype, segment ids [B,S] (0 = empty)."""
-  shape = (cfg.n_layers, batch, cfg.n_kv_heads, slots, cfg.head_dim)
-  return {"k": jnp.zeros(shape, _dtype(cfg.dtype)), "v": jnp.zeros(shape, _dtype(cfg.dtype)),
-          "segment_ids": jnp.zeros((batch, slots), jnp.int32)}
+def init_cache(cfg: ModelConfig, batch: int, slots: int) -> list[dict]:
+  """Empty KV cache: per layer, keys/values [B,K,S,E] in the compute dtype (one buffer each, so a
+  decode step updates and reads a layer's cache in place)."""
+  shape = (batch, cfg.n_kv_heads, slots, cfg.head_dim)
+  return [{"k": jnp.zeros(shape, _dtype(cfg.dtype)), "v": jnp.zeros(shape, _dtype(cfg.dtype))}
+          for _ in range(cfg.n_layers)]

@@ -28,6 +28,20 @@ def _hash(obj: Any) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _portable(obj: Any, workdir: str | os.PathLike) -> Any:
+  """obj with every path inside the workdir written as $WORKDIR/...: keys hashed from it survive a moved workdir."""
+  roots = {str(Path(workdir)), str(Path(workdir).resolve())}
+
+  def rel(x):
+    if isinstance(x, str):
+      root = next((r for r in roots if x == r or x.startswith(r + os.sep)), None)
+      return x if root is None else "$WORKDIR" + x[len(root):]
+    if isinstance(x, dict):
+      return {rel(k): rel(v) for k, v in x.items()}
+    return [rel(v) for v in x] if isinstance(x, (list, tuple)) else x
+  return rel(obj)
+
+
 def _to_plain(config) -> dict:
   return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
 
@@ -40,7 +54,7 @@ def _file_digest(path: str) -> str:
 def data_key(config, files: tuple[str, ...]) -> str:
   """What a packed data dir depends on: the input files' bytes, the tokenizer, the template, the length."""
   from hinqa_jax.tokenizer import tokenizer_hash
-  return _hash({"files": {f: _file_digest(f) for f in files}, "tokenizer": tokenizer_hash(config.tokenizer.path),
+  return _hash({"files": [_file_digest(f) for f in files], "tokenizer": tokenizer_hash(config.tokenizer.path),
                 "seq_len": config.data.seq_len, "template": config.data.template, "strict": config.data.strict})
 
 
@@ -66,22 +80,30 @@ def prepare(config, workdir: str | os.PathLike, files: tuple[str, ...] | None = 
 def train(config, workdir: str | os.PathLike, *, stage: str | None = None, files: tuple[str, ...] | None = None,
           init_from: str | None = None, mode: str | None = None, progress: bool = True) -> dict:
   """One stage (config.train.stage) on the packed config data; resumes by itself."""
-  from hinqa_jax import packing, train as train_lib
+  import copy
+
+  from hinqa_jax import packing, train as train_lib, validation
   from hinqa_jax.tokenizer import load_tokenizer
   prepared = prepare(config, workdir, files)
   dataset = packing.PackedDataset(prepared["data_dir"])
   vocab = len(load_tokenizer(config.tokenizer.path))
-  out = train_lib.run_stage(config, workdir, stage or config.train.stage, dataset, init_from=init_from,
-                            mode=mode or config.train.mode, vocab_size=vocab, progress=progress)
+  stage = stage or config.train.stage
+  config = validation.with_epochs(config, dataset.num_rows, stage)
+  val = None
+  if config.train.eval_every_steps > 0:  # packed as the training data is (same template, length, mask)
+    val = packing.PackedDataset(prepare(copy.deepcopy(config), workdir, (config.data.val,))["data_dir"])
+  out = train_lib.run_stage(config, workdir, stage, dataset, init_from=init_from,
+                            mode=mode or config.train.mode, vocab_size=vocab, progress=progress, val_dataset=val)
   return {k: v for k, v in out.items() if k in ("stage", "steps", "final", "checkpoints")}
 
 
 # ----------------------------------------------------------------------------- stage caching
-def _stage_key(config, extra: dict) -> str:
-  """What a trained stage depends on: model, LoRA, training settings, data layout, seed, plus extra."""
+def _stage_key(config, extra: dict, workdir: str | os.PathLike) -> str:
+  """What a trained stage depends on: model, LoRA, training settings, data layout, seed, plus extra;
+  paths inside the workdir relative to it, so a moved or copied workdir re-runs nothing."""
   plain = _to_plain(config)
-  return _hash({k: plain.get(k) for k in ("model", "lora", "train", "seed", "pretrain")} |
-               {"data": {k: plain["data"][k] for k in ("seq_len", "template")}} | extra)
+  return _hash(_portable({k: plain.get(k) for k in ("model", "lora", "train", "seed", "pretrain")} |
+                         {"data": {k: plain["data"][k] for k in ("seq_len", "template")}} | extra, workdir))
 
 
 def _cached(stage_dir: Path, key: str, fn) -> dict:
@@ -145,7 +167,8 @@ def _full_stage(config, workdir: Path, name: str, examples_fn, seq_len: int, ste
   c = _with(config, **{"train.num_steps": steps, "data.seq_len": seq_len, "seed": seed,
                        "train.learning_rate": config.pretrain.learning_rate,
                        "train.batch_size": config.pretrain.batch_size, "train.warmup_steps": max(steps // 20, 1),
-                       "train.mode": "full"})
+                       "train.mode": "full", "train.num_epochs": 0.0, "train.eval_every_steps": 0,
+                       "train.keep_best": False})
   hf_dir = workdir / name / "hf"
 
   def go():
@@ -158,8 +181,8 @@ def _full_stage(config, workdir: Path, name: str, examples_fn, seq_len: int, ste
     bootstrap.export_full(out, hf_dir, c.tokenizer.path)
     return {"hf_dir": str(hf_dir), "final_loss": out["final"].get("loss")}
 
-  return _cached(workdir / name, _stage_key(c, {"stage": name, "files": _file_digest(config.data.train[0])}),
-                 go)["hf_dir"]
+  _cached(workdir / name, _stage_key(c, {"stage": name, "files": _file_digest(config.data.train[0])}, workdir), go)
+  return str(hf_dir)  # not the cached result's path: the workdir may have moved since
 
 
 def _base(config, workdir: Path) -> str:
@@ -202,7 +225,7 @@ def _synthetic(config, workdir: Path) -> list[str]:
       gen_cfg.teachers[name] = gen.teacher("jax", hf_dir, temperature=config.synthetic.temperature, seed=i,
                                            max_tokens=config.synthetic.max_tokens, batch_size=8)
   key = _hash({"teachers": [_file_digest(str(Path(t.model) / "model.safetensors")) for t in gen_cfg.teachers.values()],
-               "gen": _to_plain(gen_cfg)})
+               "gen": _portable(_to_plain(gen_cfg), workdir)})
   curated = workdir / "gen" / "curated" / "synthetic.jsonl"
 
   def go():  # the teachers generate on process 0's devices alone; gen writes its files unaware of processes
@@ -250,22 +273,26 @@ def experiment_stages(config, synthetic_sets: dict[str, list[str]]) -> dict[str,
   """Experiment -> its stages in order; each stage: name, files, init_from (a stage name) and steps."""
   train_files = list(config.data.train)
   steps2 = config.run.stage2_steps or config.train.num_steps
-  m1 = {"name": "m1", "files": train_files, "init_from": None, "steps": config.train.num_steps}
+  epochs2 = 0.0 if config.run.stage2_steps else config.train.num_epochs  # stage2_steps wins over epochs
+  m1 = {"name": "m1", "files": train_files, "init_from": None, "steps": config.train.num_steps,
+        "epochs": config.train.num_epochs}
   plan: dict[str, list[dict]] = {}
   for exp in config.run.experiments:
     if exp == "m1":
       plan["m1"] = [m1]
     elif exp == "m2":
-      plan["m2"] = [m1, {"name": "m2", "files": synthetic_sets["all"], "init_from": "m1", "steps": steps2}]
+      plan["m2"] = [m1, {"name": "m2", "files": synthetic_sets["all"], "init_from": "m1", "steps": steps2,
+                         "epochs": epochs2}]
     elif exp == "m3":
       plan["m3"] = [{"name": "m3", "files": train_files + synthetic_sets["all"], "init_from": None,
-                     "steps": config.train.num_steps}]
+                     "steps": config.train.num_steps, "epochs": config.train.num_epochs}]
     else:
       raise ValueError(f"run.experiments: unknown experiment {exp!r} (m1, m2, m3; per-teacher and ratio runs "
                        "come from run.per_teacher and run.ratios)")
   for name, files in synthetic_sets.items():
     if name != "all":
-      plan[f"m2_{name}"] = [m1, {"name": f"m2_{name}", "files": files, "init_from": "m1", "steps": steps2}]
+      plan[f"m2_{name}"] = [m1, {"name": f"m2_{name}", "files": files, "init_from": "m1", "steps": steps2,
+                                 "epochs": epochs2}]
   return plan
 
 
@@ -353,10 +380,11 @@ def convert(config, workdir: str | os.PathLike, hf_dir: str | None = None) -> di
 
 
 def run(config, workdir: str | os.PathLike) -> dict:
-  """The whole pipeline: tokenizer, base, synthetic data, the experiments' stages, evaluation, report, export."""
+  """The whole pipeline: tokenizer, base, synthetic data, the experiments' stages (once per run.seeds),
+  evaluation, uncertainty (CIs, comparisons), report, export."""
   import copy
 
-  from hinqa_jax import report, train as train_lib
+  from hinqa_jax import report, train as train_lib, uncertainty, validation
   workdir = Path(workdir)
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before any work
   distributed.main_only("workdir", lambda: workdir.mkdir(parents=True, exist_ok=True))
@@ -364,53 +392,66 @@ def run(config, workdir: str | os.PathLike) -> dict:
   config.tokenizer.path = _tokenizer(config, workdir)
   config.model.hf_path = _base(config, workdir)
   synthetic = _synthetic(config, workdir)
-  plan = experiment_stages(config, distributed.main_only("subsets", lambda: _subsets(config, workdir, synthetic)))
+  runs = uncertainty.fan_out(experiment_stages(config, distributed.main_only(
+      "subsets", lambda: _subsets(config, workdir, synthetic))), uncertainty.run_seeds(config))
   stage_keys: dict[str, str] = {}
   skipped: dict[str, str] = {}
-  for exp, stages in list(plan.items()):
-    empty = [f for st in stages for f in st["files"] if not _has_lines(f)]
+  for name, r in list(runs.items()):
+    empty = [f for st in r["stages"] for f in st["files"] if not _has_lines(f)]
     if empty:  # e.g. curation rejected every synthetic pair: say so in the results, train nothing on air
-      skipped[exp] = f"not run: no records in {', '.join(sorted(set(empty)))}"
-      log.warning("%s: %s", exp, skipped[exp])
-      del plan[exp]
+      skipped[r["experiment"]] = f"not run: no records in {', '.join(sorted(set(empty)))}"
+      log.warning("%s: %s", name, skipped[r["experiment"]])
+      del runs[name]
       continue
-    for st in stages:
+    for st in r["stages"]:
       if st["name"] in stage_keys:
         continue
-      c = _with(config, **{"train.num_steps": st["steps"], "train.stage": st["name"]})
+      c = _with(config, **{"train.num_steps": st["steps"], "train.num_epochs": st["epochs"],
+                           "train.stage": st["name"], "seed": st["seed"]})
       prev = stage_keys.get(st["init_from"]) if st["init_from"] else None
       key = _stage_key(c, {"files": {f: _file_digest(f) for f in st["files"]}, "after": prev,
-                           "base": _file_digest(str(Path(config.model.hf_path) / "model.safetensors"))})
-      init = str(workdir / st["init_from"] / "checkpoints") if st["init_from"] else None
+                           "base": _file_digest(str(Path(config.model.hf_path) / "model.safetensors"))}, workdir)
+      init = str(validation.selected_checkpoints(workdir / st["init_from"])) if st["init_from"] else None
       _cached(workdir / st["name"], key, lambda c=c, st=st, init=init: train(
           c, workdir, stage=st["name"], files=tuple(st["files"]), init_from=init))
       stage_keys[st["name"]] = key
 
   from hinqa_jax.tokenizer import load_tokenizer, tokenizer_hash
-  loaded: list = []
+  vocab = len(load_tokenizer(config.tokenizer.path))
+  bases: dict = {}  # a random base (no hf_path) depends on the seed; a loaded one does not
 
-  def base():  # read once, already sharded, by the first evaluation that is not up to date
-    if not loaded:
-      cfg = train_lib.model_config(config, len(load_tokenizer(config.tokenizer.path)))
-      loaded.append((cfg, train_lib.load_base(config, cfg, mesh)))
-    return loaded[0]
+  def base(c):  # read once per base, already sharded, by the first evaluation that is not up to date
+    base_id = config.model.hf_path or c.seed
+    if base_id not in bases:
+      cfg = train_lib.model_config(c, vocab)
+      bases[base_id] = (cfg, train_lib.load_base(c, cfg, mesh))
+    return bases[base_id]
 
-  results = {}
-  for exp, stages in plan.items():
-    last = stages[-1]["name"]
-    key = _hash({"stage": stage_keys[last], "eval": _to_plain(config)["eval"], "splits": {
+  eval_plain = {k: v for k, v in _to_plain(config)["eval"].items()
+                if k not in ("n_bootstrap", "n_trials", "significance_seed")}
+  run_results, eval_keys = {}, {}
+  for name, r in runs.items():
+    last, c = r["stages"][-1]["name"], _with(config, seed=r["seed"])
+    eval_keys[name] = _hash({"stage": stage_keys[last], "eval": eval_plain, "splits": {
         s: _file_digest(p) for s, p in _splits(config).items()}})
-    results[exp] = _cached(workdir / "eval" / exp, key, lambda exp=exp, last=last: evaluate(
-        config, workdir, last, out_dir=workdir / "eval" / exp, base=base(), mesh=mesh))
+    run_results[name] = _cached(workdir / "eval" / name, eval_keys[name], lambda c=c, name=name, last=last: evaluate(
+        c, workdir, last, out_dir=workdir / "eval" / name, base=base(c), mesh=mesh))
+  analysis = _cached(workdir / "analysis", _hash({"evals": eval_keys, "eval": _to_plain(config)["eval"]}),
+                     lambda: distributed.main_only("analysis", lambda: uncertainty.summarize(
+                         workdir, runs, run_results, config.eval, tuple(_splits(config)))))
+  results = analysis["results"]
   for exp, note in skipped.items():
     results[exp] = {s: {"n": 0, "note": note} for s in _splits(config)}
-  provenance = {"config_hash": _hash(_to_plain(config)), "tokenizer_hash": tokenizer_hash(config.tokenizer.path),
-                "base": config.model.hf_path, "stage_keys": stage_keys,
-                "data": {s: _file_digest(p) for s, p in _splits(config).items()} |
-                        {f: _file_digest(f) for f in list(config.data.train) + synthetic}}
+  provenance = _portable({
+      "config_hash": _hash(_portable(_to_plain(config), workdir)), "tokenizer_hash": tokenizer_hash(config.tokenizer.path),
+      "base": config.model.hf_path, "stage_keys": stage_keys, "seeds": list(uncertainty.run_seeds(config)),
+      "data": {s: _file_digest(p) for s, p in _splits(config).items()} |
+              {f: _file_digest(f) for f in list(config.data.train) + synthetic}}, workdir)
   stage_dirs = {name: str(workdir / name) for name in ["base", *config.synthetic.teachers, *stage_keys]
                 if (workdir / name / "metrics.jsonl").exists()}
-  out = distributed.main_only("report", lambda: report.write_report(workdir, results, provenance, stage_dirs))
-  if config.run.export and config.run.export in plan:
-    out["export"] = export(config, workdir, plan[config.run.export][-1]["name"], mesh=mesh)
+  out = distributed.main_only("report", lambda: report.write_report(workdir, results, provenance, stage_dirs,
+                                                                   comparisons=analysis["comparisons"]))
+  exported = next((r for r in runs.values() if r["experiment"] == config.run.export), None)
+  if config.run.export and exported:  # the first seed's run of that experiment
+    out["export"] = export(_with(config, seed=exported["seed"]), workdir, exported["stages"][-1]["name"], mesh=mesh)
   return out

@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from hinqa_jax import lora, model, sharding, train
 
@@ -166,8 +167,9 @@ def _without_missing_weights(config):
   return config, f"{path} has no config.json here: planned with the shapes of preset {config.model.preset}"
 
 
-def plan(config, devices: int | None = None, vocab_size: int | None = None) -> dict:
+def plan(config, devices: int | None = None, vocab_size: int | None = None, evaluation: bool = True) -> dict:
   """Compile the config's train step for `devices` devices from abstract shapes; bytes, FLOPs, fits.
+  With `evaluation`, also plan_eval on one device and on all of them (under "eval").
 
   Byte figures are per device unless named otherwise; a leaf's shard is its size over the product of
   the mesh axes sharding it. The weights need not be on this machine (see _without_missing_weights).
@@ -195,10 +197,7 @@ def plan(config, devices: int | None = None, vocab_size: int | None = None) -> d
                  in_shardings=(state_sh, base_sh if mode == "lora" else None, {k: batch_sh for k in specs}),
                  out_shardings=(state_sh, None), donate_argnums=(0,))
   platform = devs[0].platform
-  # XLA:CPU has no bf16 matmul: it converts weights to f32, and loop-invariant code motion would then
-  # hoist an f32 copy of every layer's weights out of the layer scan, a buffer no GPU or TPU makes.
-  options = ({"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
-             if platform == "cpu" and "float32" not in (cfg.dtype, cfg.param_dtype) else None)
+  options = _cpu_options(devs, cfg)
   tick = time.perf_counter()
   compiled = step.lower(sharding.like_tree(abstract, state_sh), frozen,
                         {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in specs.items()}
@@ -242,7 +241,81 @@ def plan(config, devices: int | None = None, vocab_size: int | None = None) -> d
                 "analytic_model": flops["model"], "analytic_recompute": flops["recompute"],
                 "analytic_per_device": (flops["model"] + flops["recompute"]) / n, "tokens": flops["tokens"]},
       "fits": {name: per_device["total"] <= cap for name, cap in DEVICE_MEMORY.items()},
+      "eval": ([plan_eval(config, k, vocab_size) for k in sorted({1, n})] if evaluation else []),
   }
+
+
+# ----------------------------------------------------------------------------- evaluation
+def plan_eval(config, devices: int | None = None, vocab_size: int | None = None) -> dict:
+  """Compile evaluation's generate (prefill + the decode loop) from abstract shapes; bytes per device.
+
+  The config's eval batch (config.eval.batch_size rows, cut by decode.token_batch_rows), prompts of the
+  longest length evaluation allows (data.seq_len - eval.max_new_tokens), eval.max_new_tokens new
+  tokens; weights and adapters sharded over all the devices (fsdp), rows over them where they split.
+  """
+  from hinqa_jax import decode
+  config, note = _without_missing_weights(config)
+  devs = plan_devices(devices)
+  n = len(devs)
+  mesh = sharding.make_mesh({"data": 1, "fsdp": n, "tensor": 1}, devices=devs)
+  cfg = train.model_config(config, vocab_size or _vocab(config))
+  lcfg = train.lora_config(config)
+  e = config.eval
+  new = e.max_new_tokens
+  prompt = decode.bucket(max(config.data.seq_len - new, 1), 16)
+  rows = decode.token_batch_rows(prompt, new, e.batch_size)
+  key = jax.random.key(0)
+  base = jax.eval_shape(model.init, cfg, key)
+  base = sharding.like_tree(base, sharding.tree_shardings(base, mesh))
+  adapters = None
+  if config.train.mode == "lora":
+    adapters = jax.eval_shape(lambda k: lora.init(cfg, lcfg, k), key)
+    adapters = sharding.like_tree(adapters, sharding.tree_shardings(adapters, mesh))
+  split = rows % n == 0
+  row_sh = sharding.batch_sharding(mesh) if split else sharding.replicated(mesh)
+  cache_sh = (NamedSharding(mesh, P(sharding.BATCH_AXES, None, None, None)) if split else sharding.replicated(mesh))
+  cache = jax.eval_shape(lambda: model.init_cache(cfg, rows, prompt + new))
+  cache = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cache_sh), cache)
+  ids = jax.ShapeDtypeStruct((rows, prompt), jnp.int32, sharding=row_sh)
+  lowered = decode.generate_fn().lower(
+      cfg, base, adapters, lcfg if adapters is not None else None, ids, ids, jax.ShapeDtypeStruct((1,), jnp.int32),
+      jax.eval_shape(lambda: key), cache, max_new_tokens=new, temperature=0.0, top_k=0, top_p=1.0)
+  tick = time.perf_counter()
+  mem = lowered.compile(_cpu_options(devs, cfg)).memory_analysis()
+  compile_s = time.perf_counter() - tick
+  per_device = {"arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
+                "aliased": int(mem.alias_size_in_bytes), "temp": int(mem.temp_size_in_bytes),
+                "code": int(mem.generated_code_size_in_bytes),
+                "weights": _shard_bytes(base, jax.tree.map(lambda x: x.sharding, base)),
+                "cache": _shard_bytes(cache, jax.tree.map(lambda x: cache_sh, cache))}
+  per_device["total"] = (per_device["arguments"] + per_device["outputs"] - per_device["aliased"]
+                         + per_device["temp"] + per_device["code"])
+  return {"devices": n, "rows": rows, "batch_size": e.batch_size, "prompt_len": prompt, "max_new_tokens": new,
+          "compile_s": compile_s, "per_device": per_device, "note": note,
+          "fits": {name: per_device["total"] <= cap for name, cap in DEVICE_MEMORY.items()}}
+
+
+def _cpu_options(devs, cfg):
+  # XLA:CPU has no bf16 matmul: it converts weights to f32, and loop-invariant code motion would then
+  # hoist an f32 copy of every layer's weights out of a loop, a buffer no GPU or TPU makes.
+  if devs[0].platform == "cpu" and "float32" not in (cfg.dtype, cfg.param_dtype):
+    return {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+  return None
+
+
+def eval_report(p: dict, device_memory: str | None = None) -> str:
+  """The eval plan as text: bytes per device and what fits."""
+  pd = p["per_device"]
+  lines = [f"eval plan: generate {p['rows']} rows (eval.batch_size {p['batch_size']}) x {p['prompt_len']}-token prompts"
+           f" + {p['max_new_tokens']} new tokens on {p['devices']} device(s), weights sharded over all;"
+           f" compiled in {p['compile_s']:.1f} s",
+           f"  per device: weights {_gb(pd['weights'])}, KV cache {_gb(pd['cache'])}, temporaries {_gb(pd['temp'])},"
+           f" compiled total {_gb(pd['total'])}"]
+  for name in [device_memory] if device_memory else list(DEVICE_MEMORY):
+    cap = device_capacity(name)
+    verdict = "fits" if pd["total"] <= cap else "does NOT fit"
+    lines.append(f"  {name:10} {cap / GiB:5.0f} GiB: {verdict} ({100 * pd['total'] / cap:.0f}% of it)")
+  return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the report
@@ -304,6 +377,7 @@ def report(p: dict, device_memory: str | None = None) -> str:
   if device_memory and pd["total"] > device_capacity(device_memory):
     lines.append("  to fit: shard the weights (--config.mesh.fsdp), --config.model.remat=full, or fewer rows per "
                  "step (--config.train.grad_accum)")
+  lines += ["", *(eval_report(e, device_memory) for e in p.get("eval", []))]
   if p["platform"] == "cpu":
     bf16 = "bfloat16" in (m["dtype"], m["param_dtype"])
     lines.append("note: compiled by XLA:CPU, which " + ("computes bf16 matmuls in f32 (one layer's f32 weight copy is"

@@ -10,6 +10,7 @@ lines after step k (written by the interrupted run after its last checkpoint) ar
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hinqa_jax import checkpoint, hf, lora, model, sharding
+from hinqa_jax import checkpoint, hf, lora, loss, model, sharding, validation
 from hinqa_jax.tracking import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -77,15 +78,14 @@ def loss_sums(trainable, frozen, batch, rng, *, cfg, lcfg, mode, act_sharding=No
   """(sum of next-token NLL over loss-masked targets, number of such targets)."""
   params, adapters = (frozen, trainable) if mode == "lora" else (trainable, None)
   seg = batch["segment_ids"]
-  logits = model.forward(cfg, params, batch["tokens"], segment_ids=seg, positions=batch["positions"],
-                         adapters=adapters, lora_cfg=lcfg if mode == "lora" else None,
-                         dropout_rng=rng if (mode == "lora" and lcfg.dropout) else None,
-                         activation_sharding=act_sharding)
+  x_btd = model.forward_hidden(cfg, params, batch["tokens"], segment_ids=seg, positions=batch["positions"],
+                              adapters=adapters, lora_cfg=lcfg if mode == "lora" else None,
+                              dropout_rng=rng if (mode == "lora" and lcfg.dropout) else None,
+                              activation_sharding=act_sharding)
   # Position t predicts token t+1, only inside one segment and only where token t+1 is an answer token.
   weights = (batch["loss_mask"][:, 1:] > 0) & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], batch["tokens"][:, 1:])
   w = weights.astype(jnp.float32)
-  return jnp.sum(nll * w), jnp.sum(w)
+  return loss.next_token_nll(cfg, params, x_btd, batch["tokens"], w), jnp.sum(w)  # no [B,T,V] logits
 
 
 def make_step(cfg, lcfg, mode: str, optimizer, schedule, grad_accum: int, seed: int, mesh=None):
@@ -198,11 +198,13 @@ class _Preempted:
 
 
 def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_from: str | None = None,
-              mode: str = "lora", mesh=None, vocab_size: int | None = None, progress: bool = True) -> dict:
+              mode: str = "lora", mesh=None, vocab_size: int | None = None, progress: bool = True,
+              val_dataset=None) -> dict:
   """Train `config.train.num_steps` steps of one stage; resumes from WORKDIR/<stage>/checkpoints if present.
 
   dataset: a packing.PackedDataset (rows of config.data.seq_len tokens).
   init_from: another stage's checkpoint dir whose trainable tree starts this stage (M2 from M1).
+  val_dataset: packed val rows; with train.eval_every_steps > 0 their loss is logged as val_loss.
   """
   t = config.train
   stage_dir = Path(workdir) / stage
@@ -269,6 +271,10 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
     return {k: jax.make_array_from_callback(batch_shape, batch_sharding, lambda index, a=local[k]: a[at(index)])
             for k in specs}
 
+  validator = None
+  if val_dataset is not None and t.eval_every_steps > 0:
+    validator = validation.Validator(config, val_dataset, functools.partial(
+        loss_sums, cfg=cfg, lcfg=lcfg, mode=mode, act_sharding=sharding.activation_sharding(mesh)), mesh, stage_dir)
   writer = MetricsWriter(stage_dir, resume_step=start, enabled=jax.process_index() == 0)
   from tqdm import tqdm
   bar = tqdm(total=t.num_steps, initial=start, desc=stage, disable=not progress or jax.process_index() != 0)
@@ -299,6 +305,8 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
     for step in range(start, t.num_steps):
       state, metrics = step_fn(state, frozen_arg, global_batch(step))  # dispatch step N ...
       flush()  # ... before reading step N-1's metrics
+      if validator is not None:
+        metrics = {**metrics, **validator.step(step + 1, state, frozen_arg, meta)}
       pending = (step + 1, metrics)
       n = step + 1
       stop = preempt.any_process()

@@ -39,6 +39,9 @@ def _config(synthetic):
   c.eval.max_examples = 4
   c.eval.max_new_tokens = 8
   c.eval.bertscore_model = "/nonexistent/mbert"
+  c.eval.n_bootstrap = 100
+  c.eval.n_trials = 200
+  c.train.eval_every_steps = 3  # val loss at step 3 and at the last step
   return c
 
 
@@ -63,11 +66,29 @@ def test_results_have_every_experiment_and_split(demo_run):
       assert 0 <= res[exp][split]["bleu2"] <= 100 and 0 <= res[exp][split]["qa_f1"] <= 100
       assert f"| {exp} | 4 |" in md
   assert "BERTScore: not computed (no model at /nonexistent/mbert)" in md
+  for exp in res:  # every cell carries its 95% CI around the score
+    for split in ("val", "test1", "test2"):
+      for m in ("bleu2", "chrf_pp", "rougeL", "qa_f1"):
+        lo, hi = res[exp][split]["ci"][m]
+        assert lo <= res[exp][split][m] <= hi, (exp, split, m)
+  comparisons = json.loads((w / "results.json").read_text())["comparisons"]
+  for split in ("val", "test1", "test2"):
+    pairs = [(r["a"], r["b"]) for r in comparisons[split]]
+    assert pairs == [("m1", "m2"), ("m1", "m3"), ("m2", "m3"), ("m1", "m2_teacher_teacher_a"),
+                     ("m1", "m2_teacher_teacher_b")]
+    tests = [m for r in comparisons[split] for m in r["metrics"].values()]
+    assert len(tests) == 5 * 5 and all(t["p_holm"] >= t["p"] and t["ci"][0] <= t["delta"] <= t["ci"][1] for t in tests)
+  m2_vs_m1 = comparisons["test2"][0]["metrics"]["bleu2"]
+  assert m2_vs_m1["delta"] == pytest.approx(res["m2"]["test2"]["bleu2"] - res["m1"]["test2"]["bleu2"])
+  assert "## Comparisons" in md and "| m3 vs m2 |" in md and "Holm" in md
   assert (w / "loss.png").stat().st_size > 1000 and (w / "metrics.png").stat().st_size > 1000
   preds = [json.loads(line) for line in (w / "eval" / "m2" / "test2.predictions.jsonl").read_text().splitlines()]
   assert len(preds) == 4 and {"id", "reference", "prediction"} <= set(preds[0])
-  # Each stage logged every step.
+  # Each stage logged every step, and the val loss every 3 steps and at the last.
   assert [json.loads(x)["step"] for x in (w / "m2" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+  m1_log = [json.loads(x) for x in (w / "m1" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in m1_log if "val_loss" in r] == [3, 4]
+  assert all(np.isfinite(r["val_loss"]) and r["val_loss"] > 0 for r in m1_log if "val_loss" in r)
 
 
 def test_m2_starts_from_m1_adapters(demo_run, tmp_path):
@@ -143,3 +164,46 @@ def test_demo_config_runs_every_piece_on_a_shoestring(tmp_path):
       s = res[exp][split]
       assert s["n"] == 2 or s["note"].startswith("not run: no records in")
   assert res["m1"]["test2"]["n"] == 2 and "loss.png" in out["plots"]
+
+
+def _seeded_config(tmp_path):
+  syn = _synthetic_file(tmp_path / "synthetic.jsonl")
+  return pipeline._with(_config(syn), **{"run.experiments": ("m1", "m3"), "run.per_teacher": False,
+                                          "run.seeds": (0, 1), "train.num_steps": 2, "run.export": "",
+                                          "train.eval_every_steps": 0})
+
+
+def test_seeds_twice_from_scratch_give_identical_results_and_a_moved_workdir_reruns_nothing(tmp_path):
+  c = _seeded_config(tmp_path)
+  pipeline.run(c, tmp_path / "a")
+  pipeline.run(c, tmp_path / "b")
+  a, b = ((tmp_path / d / "results.json").read_text() for d in ("a", "b"))
+  assert a == b
+  res = json.loads(a)
+  assert sorted(p.name for p in (tmp_path / "a").iterdir() if (p / "stage.json").exists() and p.name[0] == "m") == [
+      "m1_s0", "m1_s1", "m3_s0", "m3_s1"]
+  cell = res["results"]["m3"]["test1"]
+  assert cell["seeds"] == [0, 1] and cell["n"] == 4
+  per_seed = [json.loads((tmp_path / "a" / "eval" / f"m3_s{s}" / "stage.json").read_text())["result"]["test1"]
+              for s in (0, 1)]
+  assert cell["qa_f1"] == pytest.approx(np.mean([s["qa_f1"] for s in per_seed]))
+  assert cell["std"]["qa_f1"] == pytest.approx(np.std([s["qa_f1"] for s in per_seed], ddof=1))
+  assert [(r["a"], r["b"]) for r in res["comparisons"]["test1"]] == [("m1", "m3")]
+  assert res["provenance"]["seeds"] == [0, 1]
+  _moved_workdir_reruns_nothing(c, tmp_path / "a", tmp_path / "elsewhere" / "a")
+
+
+def _moved_workdir_reruns_nothing(c, w, moved):
+  """Stage, data and evaluation keys hold content, not the workdir's path: a copied workdir is up to date."""
+  import shutil
+
+  from hinqa_jax import packing
+  shutil.copytree(w, moved)
+
+  def fail(*args, **kwargs):
+    raise AssertionError("re-ran work in a moved workdir")
+  with pytest.MonkeyPatch.context() as mp:
+    for target, name in ((train, "run_stage"), (pipeline, "evaluate"), (packing, "prepare")):
+      mp.setattr(target, name, fail)
+    pipeline.run(c, moved)
+  assert (moved / "results.json").read_text() == (w / "results.json").read_text()  # no absolute path in it

@@ -26,7 +26,7 @@ def _config(preset="llama3_8b", mesh=(1, 8, 1), seq=2048, batch=8, remat="full",
 
 @pytest.fixture(scope="module")
 def plans_8b():
-  return {mesh: plan.plan(_config(mesh=mesh), devices=8) for mesh in [(1, 8, 1), (8, 1, 1)]}
+  return {mesh: plan.plan(_config(mesh=mesh), devices=8, evaluation=False) for mesh in [(1, 8, 1), (8, 1, 1)]}
 
 
 def test_8b_parameter_counts_and_bytes(plans_8b):
