@@ -122,12 +122,12 @@ def generate_fn():
 
 def _on_mesh(mesh, cfg: ModelConfig, tokens_bp: np.ndarray, segment_bp: np.ndarray, slots: int):
   """Prompt rows split over the mesh's batch axes, each process placing its own rows, and an empty KV
-  cache created already split the same way (init_cache's layout: k/v [L,B,K,S,E], segment_ids [B,S])."""
+  cache created already split the same way (init_cache's layout: per layer k/v [B,K,S,E])."""
   rows = NamedSharding(mesh, P(sharding.BATCH_AXES, None))
-  kv = NamedSharding(mesh, P(None, sharding.BATCH_AXES, None, None, None))
+  kv = NamedSharding(mesh, P(sharding.BATCH_AXES, None, None, None))
   place = lambda a: jax.make_array_from_callback(a.shape, rows, lambda idx: a[idx])  # noqa: E731
   cache = jax.jit(lambda: model_lib.init_cache(cfg, tokens_bp.shape[0], slots),
-                  out_shardings={"k": kv, "v": kv, "segment_ids": rows})()
+                  out_shardings=[{"k": kv, "v": kv}] * cfg.n_layers)()
   return place(tokens_bp), place(segment_bp), cache
 
 

@@ -77,3 +77,15 @@ def test_bad_requests(tiny):
   with pytest.raises(ValueError, match="exceeds max_seq_len 512"):
     decode.generate(cfg, params, [[1] * 500], max_new_tokens=20)
   assert decode.generate(cfg, params, []) == []
+
+
+def test_greedy_on_a_mesh_equals_one_device(tiny):
+  # Rows and the per-layer KV cache split over (data, fsdp) of 8 devices (5 prompts: padded to 8 rows).
+  from hinqa_jax import sharding
+  _, cfg, params = tiny
+  rs = np.random.RandomState(2)
+  prompts = [rs.randint(4, 256, n).tolist() for n in (5, 12, 20, 3, 17)]
+  mesh = sharding.make_mesh({"data": 4, "fsdp": 2, "tensor": 1})
+  on_mesh = decode.generate(cfg, params, prompts, max_new_tokens=16, eos_ids=[], mesh=mesh)
+  assert on_mesh == decode.generate(cfg, params, prompts, max_new_tokens=16, eos_ids=[])
+  assert [len(r) for r in on_mesh] == [16] * 5
