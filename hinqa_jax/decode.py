@@ -96,7 +96,10 @@ def _generate(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segment_b
   out = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
   done = jnp.isin(first, stop_ids)
   next_pos = positions_bp[:, -1] + 1
-  layers = model_lib.split_layers(params["layers"])  # once, outside the token loop
+  # Once, outside the token loop. On a mesh the slices stay sharded: each step gathers the rows' [B,1,D]
+  # activations around a layer and sums partial products, never a layer's weights (seen in the XLA dump
+  # of the 8B eval plan: no weight all-gather in the loop).
+  layers = model_lib.split_layers(params["layers"])
   layer_adapters = model_lib.split_layers(adapters["layers"]) if adapters is not None else None
 
   def cond(state):
