@@ -12,6 +12,7 @@ devices; XLA:CPU is then the compiler, see `report` for what that changes.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -199,9 +200,10 @@ def plan(config, devices: int | None = None, vocab_size: int | None = None, eval
   platform = devs[0].platform
   options = _cpu_options(devs, cfg)
   tick = time.perf_counter()
-  compiled = step.lower(sharding.like_tree(abstract, state_sh), frozen,
-                        {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in specs.items()}
-                        ).compile(options)
+  with _accelerator_rng_lowering(platform):
+    lowered = step.lower(sharding.like_tree(abstract, state_sh), frozen,
+                         {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in specs.items()})
+  compiled = lowered.compile(options)
   compile_s = time.perf_counter() - tick
 
   mem = compiled.memory_analysis()
@@ -293,6 +295,35 @@ def plan_eval(config, devices: int | None = None, vocab_size: int | None = None)
   return {"devices": n, "rows": rows, "batch_size": e.batch_size, "prompt_len": prompt, "max_new_tokens": new,
           "compile_s": compile_s, "per_device": per_device, "note": note,
           "fits": {name: per_device["total"] <= cap for name, cap in DEVICE_MEMORY.items()}}
+
+
+@contextlib.contextmanager
+def _accelerator_rng_lowering(platform: str):
+  """Lower threefry (LoRA dropout's random bits) for CPU as JAX does for GPU and TPU: unrolled.
+
+  JAX's CPU rule rolls threefry's rounds into a while loop (to compile faster); XLA:CPU then keeps
+  the loop's full-size uint32 counters and state live, four words per random element (0.9 GB at the
+  peak of the 8B step), where a GPU or TPU fuses the whole hash into the mask. Private JAX API: if it
+  moved, the plan keeps the CPU rule (and over-counts).
+  """
+  try:
+    from jax._src.interpreters import mlir
+    from jax._src.random import threefry2x32 as tf
+    table, prim, rule = mlir._platform_specific_lowerings["cpu"], tf.threefry2x32_p, tf._threefry2x32_lowering_rule
+  except (ImportError, AttributeError, KeyError):
+    table = None
+  if platform != "cpu" or table is None:
+    yield
+    return
+  old = table.get(prim)
+  mlir.register_lowering(prim, rule, platform="cpu")
+  try:
+    yield
+  finally:
+    if old is None:
+      table.pop(prim, None)
+    else:
+      table[prim] = old
 
 
 def _cpu_options(devs, cfg):
