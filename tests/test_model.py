@@ -125,7 +125,8 @@ def test_bf16_matmul_rounds_once_forward_and_backward():
   y, vjp = jax.vjp(model.matmul, x, w)
   dx, dw = vjp(g)
   f32, hp = (lambda a: np.asarray(a.astype(jnp.float32))), jax.lax.Precision.HIGHEST
-  refs = [jnp.einsum("bti,io->bto", f32(x), f32(w), precision=hp), jnp.einsum("bto,io->bti", f32(g), f32(w), precision=hp),
+  refs = [jnp.einsum("bti,io->bto", f32(x), f32(w), precision=hp),
+          jnp.einsum("bto,io->bti", f32(g), f32(w), precision=hp),
           jnp.einsum("bti,bto->io", f32(x), f32(g), precision=hp)]
   for got, ref in zip((y, dx, dw), refs):
     assert got.dtype == jnp.bfloat16
