@@ -411,7 +411,7 @@ def report(p: dict, device_memory: str | None = None) -> str:
   lines += ["", *(eval_report(e, device_memory) for e in p.get("eval", []))]
   if p["platform"] == "cpu":
     bf16 = "bfloat16" in (m["dtype"], m["param_dtype"])
-    lines.append("note: compiled by XLA:CPU, which " + ("computes bf16 matmuls in f32 (one layer's f32 weight copy is"
-                 " in temp) and " if bf16 else "") + "fuses and schedules differently from GPU/TPU: the totals are an"
+    lines.append("note: compiled by XLA:CPU, which " + ("writes each bf16 matmul's f32 accumulator out before rounding"
+                 " it (a GPU fuses that) and " if bf16 else "") + "fuses and schedules differently from GPU/TPU: the totals are an"
                  " estimate. Run the plan on the target machine for its own compiler's figures.")
   return "\n".join(lines)
