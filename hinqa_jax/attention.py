@@ -37,11 +37,12 @@ def segment_mask(q_segment_bt, k_segment_bs):
 
 
 def causal_attention(q_bthe, k_bske, v_bske, segment_ids_bt, *, impl: str | None = None, mesh=None,
-                     interpret: bool = False):
+                     interpret: bool = False, remat_blocks: bool = False):
   """Attention output [B,T,H,E] in the compute dtype (softmax in float32), scale 1/sqrt(E).
 
   impl: xla | cudnn | splash (default: default_impl()). mesh: the training mesh; splash needs it to
   place its per-shard kernel. interpret: run splash in Pallas interpret mode (CPU tests).
+  remat_blocks: recompute each query block in its own backward (XLA path; see blocked_xla).
   """
   impl = impl or default_impl()
   if impl not in IMPLS:
@@ -55,16 +56,22 @@ def causal_attention(q_bthe, k_bske, v_bske, segment_ids_bt, *, impl: str | None
     return _cudnn(q_bthe, k_bske, v_bske, segment_ids_bt)
   if impl == "splash" and t % 128 == 0:
     return _splash(q_bthe, k_bske, v_bske, segment_ids_bt, mesh, interpret)
-  return blocked_xla(q_bthe, k_bske, v_bske, segment_ids_bt)  # splash tiles need T % 128 == 0
+  return blocked_xla(q_bthe, k_bske, v_bske, segment_ids_bt, remat_blocks)  # splash tiles need T % 128 == 0
 
 
 # ----------------------------------------------------------------------------- CPU: XLA by query blocks
-def blocked_xla(q_bthe, k_bske, v_bske, segment_ids_bt):
+def blocked_xla(q_bthe, k_bske, v_bske, segment_ids_bt, remat_blocks: bool = False):
   """Query block i (ATTN_BLOCK queries; the last may be shorter) reads only keys up to its end: the fully
   masked key blocks right of the diagonal are never computed, and no [T,T] score or mask is built.
 
   Heads go first ([B,K,(T,G),E]: each kv head's G query heads are rows of one matmul), so XLA:CPU's dots
   see contiguous operands; softmax's division is applied to the [.,E] output, not the [.,S] probabilities.
+
+  remat_blocks: for layers under remat, which recompute the attention anyway. The query blocks run in
+  a scan, each recomputed in its own backward (as flash attention does), so one block's [B,K,G,t,T]
+  float32 scores are live at a time; unrolled, XLA schedules every block's recompute at once (0.5 GB
+  at 8B, 2048 tokens). A scan needs one key length, so each block reads all T keys, the future ones
+  masked: same values, ~4% more FLOPs at 8B.
   """
   b, t, h, e = q_bthe.shape
   k_heads = k_bske.shape[2]
@@ -73,20 +80,34 @@ def blocked_xla(q_bthe, k_bske, v_bske, segment_ids_bt):
   q_bkqe = jnp.transpose(q_bthe.reshape(b, t, k_heads, g, e) * scale, (0, 2, 1, 3, 4)).reshape(b, k_heads, t * g, e)
   k_bkse, v_bkse = jnp.transpose(k_bske, (0, 2, 1, 3)), jnp.transpose(v_bske, (0, 2, 1, 3))
   neg = jnp.finfo(jnp.float32).min
-  outs = []
-  for start in range(0, t, ATTN_BLOCK):
-    end = min(t, start + ATTN_BLOCK)
-    n = end - start
-    s = jnp.einsum("bkqe,bkse->bkqs", q_bkqe[:, :, start * g:end * g], k_bkse[:, :, :end],
-                   preferred_element_type=jnp.float32).reshape(b, k_heads, n, g, end)
-    mask_bts = (segment_mask(segment_ids_bt[:, start:end], segment_ids_bt[:, :end])
-                & (jnp.arange(end)[None, None, :] <= jnp.arange(start, end)[None, :, None]))
-    s = jnp.where(mask_bts[:, None, :, None, :], s, neg).reshape(b, k_heads, n * g, end)
+
+  def block(q, k, v, start, n):  # queries start..start+n (start may be traced) against k/v's keys
+    keys = k.shape[2]
+    seg_q = jax.lax.dynamic_slice_in_dim(segment_ids_bt, start, n, axis=1)
+    mask_bts = (segment_mask(seg_q, segment_ids_bt[:, :keys])
+                & (jnp.arange(keys)[None, None, :] <= start + jnp.arange(n)[None, :, None]))
+    s = jnp.einsum("bkqe,bkse->bkqs", q, k, preferred_element_type=jnp.float32).reshape(b, k_heads, n, g, keys)
+    # The mask as an additive bias, not a select: a select against the scalar is a full-size broadcast
+    # that JAX hoists out of the layer scan as a loop-invariant residual, every block's at once (0.43 GB
+    # at 8B). Same values: s + min rounds to min (|s| is far below its ulp), and a fully masked row
+    # (padding) is uniform either way.
+    s = (s + jnp.where(mask_bts, 0.0, neg)[:, None, :, None, :]).reshape(b, k_heads, n * g, keys)
     # The row max only keeps exp in range (the result does not depend on it): no gradient through it.
     p = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
-    o = jnp.einsum("bkqs,bkse->bkqe", p.astype(q_bthe.dtype), v_bkse[:, :, :end], preferred_element_type=jnp.float32)
-    outs.append((o / jnp.sum(p, axis=-1, keepdims=True)).astype(q_bthe.dtype))
-  out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+    o = jnp.einsum("bkqs,bkse->bkqe", p.astype(q.dtype), v, preferred_element_type=jnp.float32)
+    return (o / jnp.sum(p, axis=-1, keepdims=True)).astype(q.dtype)
+
+  n_blocks = t // ATTN_BLOCK
+  if remat_blocks and n_blocks > 1 and t % ATTN_BLOCK == 0:
+    q_nbkqe = jnp.moveaxis(q_bkqe.reshape(b, k_heads, n_blocks, ATTN_BLOCK * g, e), 2, 0)
+    step = jax.checkpoint(lambda _, qi: (None, block(qi[0], k_bkse, v_bkse, qi[1] * ATTN_BLOCK, ATTN_BLOCK)))
+    out = jax.lax.scan(step, None, (q_nbkqe, jnp.arange(n_blocks)))[1]  # [N,B,K,(t,G),E]
+    out = jnp.moveaxis(out, 0, 2).reshape(b, k_heads, t * g, e)
+  else:
+    outs = [block(q_bkqe[:, :, start * g:min(t, start + ATTN_BLOCK) * g], k_bkse[:, :, :min(t, start + ATTN_BLOCK)],
+                  v_bkse[:, :, :min(t, start + ATTN_BLOCK)], start, min(t, start + ATTN_BLOCK) - start)
+            for start in range(0, t, ATTN_BLOCK)]
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
   return jnp.transpose(out.reshape(b, k_heads, t, g, e), (0, 2, 1, 3, 4)).reshape(b, t, h, e)
 
 
