@@ -261,7 +261,8 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
 
   batch_sharding = sharding.batch_sharding(mesh)
   specs = batch_spec(config, dataset.seq_len)
-  loss_cap = dataset.manifest.get("loss_cap")  # data packed before the cap existed: the head runs everywhere
+  # Data packed before the cap existed (or rows not from the packer): the head runs everywhere.
+  loss_cap = getattr(dataset, "manifest", {}).get("loss_cap")
   step_fn = jax.jit(make_step(cfg, lcfg, mode, optimizer, schedule, t.grad_accum, config.seed, mesh, loss_cap),
                     in_shardings=(shardings, None if frozen_arg is None else sharding.tree_shardings(frozen, mesh),
                                   {k: batch_sharding for k in specs}),
