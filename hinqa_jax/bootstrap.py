@@ -34,7 +34,8 @@ def corpus_examples(tok: Any, records: list[data.Record], seq_len: int) -> list[
 
 def teacher_examples(tok: Any, records: list[data.Record], gen_config: Any, seq_len: int, samples: int,
                      seed: int) -> list[data.Example]:
-  """gen's prompt for a context (as synthesize will send it) -> JSON list of num_pairs of its QA pairs."""
+  """gen's prompt for a context (as synthesize will send it) -> {"pairs": [num_pairs of its QA pairs]}, the object the
+  prompt and the structured-output schema ask for."""
   from gen import prompts
   by_context: dict[tuple[str, str], list[data.Record]] = {}
   for r in records:
@@ -48,7 +49,7 @@ def teacher_examples(tok: Any, records: list[data.Record], gen_config: Any, seq_
     prompt_ids = tok.encode(prompt, add_special_tokens=False)
     for s in range(samples):
       pairs = rng.sample(recs, min(n, len(recs)))
-      target = json.dumps([{"question": r.question, "answer": r.answer} for r in pairs], ensure_ascii=False)
+      target = json.dumps({"pairs": [{"question": r.question, "answer": r.answer} for r in pairs]}, ensure_ascii=False)
       answer_ids = tok.encode(target, add_special_tokens=False) + [tok.convert_tokens_to_ids("<|eot_id|>")]
       ids = (prompt_ids + answer_ids)[:seq_len]
       if len(ids) < len(prompt_ids) + 8:

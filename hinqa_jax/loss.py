@@ -85,7 +85,9 @@ def _nll_sum_fwd(x_btd, w_dv, labels_bt, weights_bt, c):
     x, lab, wt = chunk
     nll, dlogits = _chunk_nll(x, w_dv, lab, wt)
     dlogits = dlogits.astype(x.dtype)
-    dx = jnp.einsum("bcv,dv->bcd", dlogits, w_dv)
+    # Accumulate in float32 as the forward does: XLA:CPU then runs the bf16 dot as is, where a
+    # bf16-output dot would make it convert the whole [D,V] head to float32 (2.1 GB at 8B) per chunk.
+    dx = jnp.einsum("bcv,dv->bcd", dlogits, w_dv, preferred_element_type=jnp.float32).astype(x.dtype)
     if need_w:
       dw = dw + jnp.einsum("bcd,bcv->dv", x, dlogits, preferred_element_type=jnp.float32)
     return (total + nll, dw), dx

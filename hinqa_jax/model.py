@@ -148,6 +148,40 @@ class RMSNorm(nnx.Module):
     return self.weight[...].astype(x.dtype) * x32.astype(x.dtype)
 
 
+@jax.custom_vjp
+def _matmul_lowp(x, w):
+  return jnp.einsum("...i,io->...o", x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def _matmul_lowp_fwd(x, w):
+  # symbolic_zeros: a frozen kernel (LoRA's base) is not perturbed, so its [I,O] gradient is never formed.
+  need_w = w.perturbed
+  x, w = x.value, w.value
+  return _matmul_lowp(x, w), (x, w, need_w)
+
+
+def _matmul_lowp_bwd(res, g):
+  x, w, need_w = res
+  dx = jnp.einsum("...o,io->...i", g, w, preferred_element_type=jnp.float32).astype(x.dtype)
+  dw = None
+  if need_w:
+    dw = jnp.einsum("...i,...o->io", x, g, preferred_element_type=jnp.float32).astype(w.dtype)
+  return dx, dw
+
+
+_matmul_lowp.defvjp(_matmul_lowp_fwd, _matmul_lowp_bwd, symbolic_zeros=True)
+
+
+def matmul(x, w):
+  """x [...,I] @ w [I,O] in x's dtype. Below float32 (bf16) it accumulates in float32 and rounds once,
+  forward and backward, as GPU and TPU matmuls do; XLA:CPU then runs its bf16 kernels instead of
+  converting every weight and activation operand to a float32 copy (about 1 GB of temporaries per
+  8B layer). float32 is the plain einsum."""
+  if x.dtype == jnp.float32:
+    return jnp.einsum("...i,io->...o", x, w)
+  return _matmul_lowp(x, w)
+
+
 class Proj(nnx.Module):
   """A bias-free projection `x @ kernel` with an optional LoRA update `scale * x @ a @ b`."""
 
@@ -156,14 +190,14 @@ class Proj(nnx.Module):
     self.kernel = nnx.Param(jax.random.normal(rngs.params(), (d_in, d_out), param_dtype) * std)
 
   def __call__(self, x, adapter=None, scale: float = 1.0, dropout: float = 0.0, rng=None):
-    y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(x.dtype))
+    y = matmul(x, self.kernel[...].astype(x.dtype))
     if adapter is not None:
       xa = x
       if dropout and rng is not None:
         keep = jax.random.bernoulli(rng, 1.0 - dropout, x.shape)
         xa = jnp.where(keep, x / (1.0 - dropout), 0).astype(x.dtype)
-      h = jnp.einsum("...i,ir->...r", xa, adapter["a"].astype(x.dtype))
-      y = y + scale * jnp.einsum("...r,ro->...o", h, adapter["b"].astype(x.dtype))
+      h = matmul(xa, adapter["a"].astype(x.dtype))
+      y = y + scale * matmul(h, adapter["b"].astype(x.dtype))
     return y
 
 
@@ -213,7 +247,7 @@ class Block(nnx.Module):
     q = apply_rope(q, ctx["rope"])
     k = apply_rope(k, ctx["rope"])
     if cache is None:  # training and prefill: the backend's fused/blocked kernel over this chunk only
-      out = attention.causal_attention(q, k, v, ctx["segment_ids"], mesh=ctx["mesh"])
+      out = attention.causal_attention(q, k, v, ctx["segment_ids"], mesh=ctx["mesh"], remat_blocks=cfg.remat != "none")
       new_kv = {"k": k, "v": v} if ctx["want_kv"] else None
     else:
       out, new_kv = _cached_attention(q.reshape(b, t, k_heads, g, e), k, v, cache, ctx)

@@ -12,6 +12,7 @@ devices; XLA:CPU is then the compiler, see `report` for what that changes.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -199,9 +200,10 @@ def plan(config, devices: int | None = None, vocab_size: int | None = None, eval
   platform = devs[0].platform
   options = _cpu_options(devs, cfg)
   tick = time.perf_counter()
-  compiled = step.lower(sharding.like_tree(abstract, state_sh), frozen,
-                        {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in specs.items()}
-                        ).compile(options)
+  with _accelerator_rng_lowering(platform):
+    lowered = step.lower(sharding.like_tree(abstract, state_sh), frozen,
+                         {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in specs.items()})
+  compiled = lowered.compile(options)
   compile_s = time.perf_counter() - tick
 
   mem = compiled.memory_analysis()
@@ -295,6 +297,35 @@ def plan_eval(config, devices: int | None = None, vocab_size: int | None = None)
           "fits": {name: per_device["total"] <= cap for name, cap in DEVICE_MEMORY.items()}}
 
 
+@contextlib.contextmanager
+def _accelerator_rng_lowering(platform: str):
+  """Lower threefry (LoRA dropout's random bits) for CPU as JAX does for GPU and TPU: unrolled.
+
+  JAX's CPU rule rolls threefry's rounds into a while loop (to compile faster); XLA:CPU then keeps
+  the loop's full-size uint32 counters and state live, four words per random element (0.9 GB at the
+  peak of the 8B step), where a GPU or TPU fuses the whole hash into the mask. Private JAX API: if it
+  moved, the plan keeps the CPU rule (and over-counts).
+  """
+  try:
+    from jax._src.interpreters import mlir
+    from jax._src.random import threefry2x32 as tf
+    table, prim, rule = mlir._platform_specific_lowerings["cpu"], tf.threefry2x32_p, tf._threefry2x32_lowering_rule
+  except (ImportError, AttributeError, KeyError):
+    table = None
+  if platform != "cpu" or table is None:
+    yield
+    return
+  old = table.get(prim)
+  mlir.register_lowering(prim, rule, platform="cpu")
+  try:
+    yield
+  finally:
+    if old is None:
+      table.pop(prim, None)
+    else:
+      table[prim] = old
+
+
 def _cpu_options(devs, cfg):
   # XLA:CPU has no bf16 matmul: it converts weights to f32, and loop-invariant code motion would then
   # hoist an f32 copy of every layer's weights out of a loop, a buffer no GPU or TPU makes.
@@ -380,7 +411,7 @@ def report(p: dict, device_memory: str | None = None) -> str:
   lines += ["", *(eval_report(e, device_memory) for e in p.get("eval", []))]
   if p["platform"] == "cpu":
     bf16 = "bfloat16" in (m["dtype"], m["param_dtype"])
-    lines.append("note: compiled by XLA:CPU, which " + ("computes bf16 matmuls in f32 (one layer's f32 weight copy is"
-                 " in temp) and " if bf16 else "") + "fuses and schedules differently from GPU/TPU: the totals are an"
+    lines.append("note: compiled by XLA:CPU, which " + ("writes each bf16 matmul's f32 accumulator out before rounding"
+                 " it (a GPU fuses that) and " if bf16 else "") + "fuses and schedules differently from GPU/TPU: the totals are an"
                  " estimate. Run the plan on the target machine for its own compiler's figures.")
   return "\n".join(lines)

@@ -113,3 +113,25 @@ def test_blocked_causal_attention_matches_transformers(tmp_path):
                                     positions=jnp.asarray(pos)))[0]
   second = np.asarray(model.forward(cfg, params, jnp.asarray(tokens[:1, 150:], jnp.int32)))[0]
   np.testing.assert_allclose(packed[150:], second, atol=1e-5, rtol=0)
+
+
+def test_bf16_matmul_rounds_once_forward_and_backward():
+  """model.matmul at bf16: forward, dx and dw are the float32 products rounded once to bf16 (as GPU/TPU
+  matmuls accumulate), and a frozen kernel (not differentiated) gets no [I,O] gradient dot at all."""
+  ks = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(ks[0], (4, 64, 96)).astype(jnp.bfloat16)
+  w = (jax.random.normal(ks[1], (96, 80)) / 10).astype(jnp.bfloat16)
+  g = jax.random.normal(ks[2], (4, 64, 80)).astype(jnp.bfloat16)
+  y, vjp = jax.vjp(model.matmul, x, w)
+  dx, dw = vjp(g)
+  f32, hp = (lambda a: np.asarray(a.astype(jnp.float32))), jax.lax.Precision.HIGHEST
+  refs = [jnp.einsum("bti,io->bto", f32(x), f32(w), precision=hp),
+          jnp.einsum("bto,io->bti", f32(g), f32(w), precision=hp),
+          jnp.einsum("bti,bto->io", f32(x), f32(g), precision=hp)]
+  for got, ref in zip((y, dx, dw), refs):
+    assert got.dtype == jnp.bfloat16
+    ref = f32(ref.astype(jnp.bfloat16))
+    np.testing.assert_allclose(f32(got), ref, rtol=2**-7, atol=0)  # at most one bf16 ulp (summation order)
+    assert np.mean(f32(got) != ref) < 1e-3
+  frozen = jax.make_jaxpr(jax.grad(lambda a: jnp.sum(model.matmul(a, w).astype(jnp.float32))))(x)
+  assert str(frozen).count("dot_general") == 2  # forward and dx only
