@@ -107,14 +107,32 @@ def _nll_sum_bwd(c, res, g):
 _nll_sum.defvjp(_nll_sum_fwd, _nll_sum_bwd, symbolic_zeros=True)
 
 
-def next_token_nll(cfg: ModelConfig, params: Params, x_btd, tokens_bt, weights_bt, *, chunk: int | None = None):
+def loss_positions(weights_bt, cap: int) -> jax.Array:
+  """[B,cap] indices of each row's weighted positions, in order, then weight-0 positions as filler.
+
+  A stable sort on (weight == 0) puts the weighted positions first; the caller guarantees no row has
+  more than `cap` of them (train.py checks every batch on the host), so none is dropped."""
+  return jnp.argsort(weights_bt <= 0, axis=1, stable=True)[:, :cap]
+
+
+def next_token_nll(cfg: ModelConfig, params: Params, x_btd, tokens_bt, weights_bt, *, chunk: int | None = None,
+                   loss_cap: int | None = None):
   """Sum over positions t of weights[t] * -log p(tokens[t+1] | x[t]) (the last position predicts nothing).
 
   x_btd: final-norm hidden states (model.forward_hidden); weights_bt: [B,T-1] float32, position t's weight.
   chunk: positions per head chunk (default chunk_len of the shapes).
+  loss_cap: at most this many weighted positions per row (the packer's `loss_cap`): the head then runs
+    only on [B,loss_cap,D] hidden states gathered at those positions, not on all T (on VATIKA-style
+    data ~10% of tokens carry loss). None: the head runs on every position.
   """
   b, t, _ = x_btd.shape
   labels_bt = jnp.pad(tokens_bt[:, 1:], ((0, 0), (0, 1)))
   weights_bt = jnp.pad(weights_bt.astype(jnp.float32), ((0, 0), (0, 1)))
+  if loss_cap is not None and loss_cap < t:
+    idx_bk = loss_positions(weights_bt, loss_cap)
+    x_btd = jnp.take_along_axis(x_btd, idx_bk[..., None], axis=1)  # [B,K,D]; its gradient scatters back
+    labels_bt = jnp.take_along_axis(labels_bt, idx_bk, axis=1)
+    weights_bt = jnp.take_along_axis(weights_bt, idx_bk, axis=1)
+    t = loss_cap
   c = chunk or chunk_len(b, t, cfg.vocab_size)
   return _nll_sum(x_btd, head_kernel(cfg, params, x_btd.dtype), labels_bt, weights_bt, c)

@@ -23,6 +23,7 @@ from hinqa_jax import data
 from hinqa_jax.tokenizer import REPO_ROOT, load_tokenizer, tokenizer_hash
 
 KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
+LOSS_CAP_MULTIPLE = 64  # the loss-only head's positions per row, rounded up to this
 
 
 def pack_examples(examples: list[data.Example], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
@@ -58,6 +59,13 @@ def pack_examples(examples: list[data.Example], seq_len: int, pad_id: int) -> di
       out["loss_mask"][r, at:at + n] = ex.loss_mask
       at += n
   return out
+
+
+def loss_cap(loss_mask_nt: np.ndarray, seq_len: int) -> int:
+  """The most loss tokens in any row, rounded up to LOSS_CAP_MULTIPLE (at most seq_len): the training
+  head runs on this many gathered positions per row instead of all seq_len (loss.next_token_nll)."""
+  most = int(loss_mask_nt.astype(bool).sum(1).max(initial=0))
+  return min(seq_len, -(-max(most, 1) // LOSS_CAP_MULTIPLE) * LOSS_CAP_MULTIPLE)
 
 
 def _resolve(path: str | os.PathLike) -> Path:
@@ -147,6 +155,7 @@ def write_packed(examples: list[data.Example], out_dir: str | os.PathLike, tok: 
       "rows_per_shard": rows_per_shard, "shards": shards,
       "packing_efficiency": float(lengths.sum() / (n_rows * seq_len)),
       "loss_tokens": int(arrays["loss_mask"].sum()),
+      "loss_cap": loss_cap(arrays["loss_mask"], seq_len),
       "tokens_per_example": {"mean": float(lengths.mean()), "max": int(lengths.max()),
                              "min": int(lengths.min())},
       "truncated_examples": len(truncated),
@@ -168,7 +177,8 @@ def write_packed(examples: list[data.Example], out_dir: str | os.PathLike, tok: 
   print(f"prepare: {len(examples)} examples from {len(inputs)} file(s) -> {n_rows} rows x {seq_len} "
         f"in {len(shards)} shard(s) at {out_dir}")
   print(f"prepare: packing efficiency {manifest['packing_efficiency']:.1%}, tokens/example "
-        f"mean {lengths.mean():.1f} max {lengths.max()}, loss tokens {manifest['loss_tokens']}, "
+        f"mean {lengths.mean():.1f} max {lengths.max()}, loss tokens {manifest['loss_tokens']} (at most "
+        f"{manifest['loss_cap']} per row, the head's cap), "
         f"template {template}")
   print(f"prepare: {len(truncated)} context(s) truncated ({manifest['context_tokens_dropped']} "
         f"tokens dropped), {len(problems)} record(s) skipped, sources {manifest['source_counts']}")

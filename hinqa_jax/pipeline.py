@@ -74,7 +74,7 @@ def prepare(config, workdir: str | os.PathLike, files: tuple[str, ...] | None = 
   distributed.main_only(f"prepare {key}", pack)
   manifest = json.loads((out / "manifest.json").read_text())
   return {"data_dir": str(out), **{k: manifest[k] for k in manifest if k in (
-      "num_examples", "num_rows", "packing_efficiency", "seq_len", "tokenizer_hash")}}
+      "num_examples", "num_rows", "packing_efficiency", "seq_len", "tokenizer_hash", "loss_cap")}}
 
 
 def train(config, workdir: str | os.PathLike, *, stage: str | None = None, files: tuple[str, ...] | None = None,

@@ -74,8 +74,10 @@ def load_base(config, cfg: model.ModelConfig, mesh) -> model.Params:
 
 
 # ----------------------------------------------------------------------------- the step
-def loss_sums(trainable, frozen, batch, rng, *, cfg, lcfg, mode, act_sharding=None):
-  """(sum of next-token NLL over loss-masked targets, number of such targets)."""
+def loss_sums(trainable, frozen, batch, rng, *, cfg, lcfg, mode, act_sharding=None, loss_cap=None):
+  """(sum of next-token NLL over loss-masked targets, number of such targets).
+
+  loss_cap: the packed data's most loss tokens in a row (packing.loss_cap): the head runs only there."""
   params, adapters = (frozen, trainable) if mode == "lora" else (trainable, None)
   seg = batch["segment_ids"]
   x_btd = model.forward_hidden(cfg, params, batch["tokens"], segment_ids=seg, positions=batch["positions"],
@@ -85,11 +87,14 @@ def loss_sums(trainable, frozen, batch, rng, *, cfg, lcfg, mode, act_sharding=No
   # Position t predicts token t+1, only inside one segment and only where token t+1 is an answer token.
   weights = (batch["loss_mask"][:, 1:] > 0) & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
   w = weights.astype(jnp.float32)
-  return loss.next_token_nll(cfg, params, x_btd, batch["tokens"], w), jnp.sum(w)  # no [B,T,V] logits
+  return loss.next_token_nll(cfg, params, x_btd, batch["tokens"], w, loss_cap=loss_cap), jnp.sum(w)  # no [B,T,V] logits
 
 
-def make_step(cfg, lcfg, mode: str, optimizer, schedule, grad_accum: int, seed: int, mesh=None):
-  """The pure train step (state, frozen, batch) -> (state, metrics); jit it with shardings and donation."""
+def make_step(cfg, lcfg, mode: str, optimizer, schedule, grad_accum: int, seed: int, mesh=None,
+              loss_cap: int | None = None):
+  """The pure train step (state, frozen, batch) -> (state, metrics); jit it with shardings and donation.
+
+  loss_cap: no row of any batch has more loss tokens (see loss_sums); None: the head runs everywhere."""
   act = sharding.activation_sharding(mesh) if mesh is not None else None
   micro_spec = NamedSharding(mesh, P(None, sharding.BATCH_AXES, None)) if mesh is not None else None
 
@@ -102,7 +107,7 @@ def make_step(cfg, lcfg, mode: str, optimizer, schedule, grad_accum: int, seed: 
 
     micro = jax.tree.map(split, batch)
     grad_fn = jax.value_and_grad(lambda t, mb, r: loss_sums(t, frozen, mb, r, cfg=cfg, lcfg=lcfg, mode=mode,
-                                                            act_sharding=act), has_aux=True)
+                                                            act_sharding=act, loss_cap=loss_cap), has_aux=True)
 
     def accumulate(carry, xs):
       g_acc, l_acc, n_acc = carry
@@ -256,7 +261,9 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
 
   batch_sharding = sharding.batch_sharding(mesh)
   specs = batch_spec(config, dataset.seq_len)
-  step_fn = jax.jit(make_step(cfg, lcfg, mode, optimizer, schedule, t.grad_accum, config.seed, mesh),
+  # Data packed before the cap existed (or rows not from the packer): the head runs everywhere.
+  loss_cap = getattr(dataset, "manifest", {}).get("loss_cap")
+  step_fn = jax.jit(make_step(cfg, lcfg, mode, optimizer, schedule, t.grad_accum, config.seed, mesh, loss_cap),
                     in_shardings=(shardings, None if frozen_arg is None else sharding.tree_shardings(frozen, mesh),
                                   {k: batch_sharding for k in specs}),
                     out_shardings=(shardings, None), donate_argnums=(0,))
@@ -266,6 +273,9 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
 
   def global_batch(step: int) -> dict:
     local = {k: np.asarray(v, np.int32) for k, v in dataset.get_batch(step, t.batch_size, config.seed, rows).items()}
+    if loss_cap is not None and (local["loss_mask"] > 0).sum(1).max(initial=0) > loss_cap:  # would drop loss tokens
+      raise ValueError(f"{dataset.path}: a row at step {step} has more loss tokens than the manifest's "
+                       f"loss_cap={loss_cap}; prepare the data again")
     # Each local device takes its slice of the global batch from this process's rows.
     at = lambda index: np.searchsorted(rows, np.arange(*index[0].indices(t.batch_size)))  # noqa: E731
     return {k: jax.make_array_from_callback(batch_shape, batch_sharding, lambda index, a=local[k]: a[at(index)])
