@@ -61,8 +61,11 @@ def causal_attention(q_bthe, k_bske, v_bske, segment_ids_bt, *, impl: str | None
 
 # ----------------------------------------------------------------------------- CPU: XLA by query blocks
 def blocked_xla(q_bthe, k_bske, v_bske, segment_ids_bt, remat_blocks: bool = False):
-  """Query block i reads only keys up to its end: the fully masked upper triangle is never computed
-  (~40% less work at 512 tokens than the whole square).
+  """Query block i (ATTN_BLOCK queries; the last may be shorter) reads only keys up to its end: the fully
+  masked key blocks right of the diagonal are never computed, and no [T,T] score or mask is built.
+
+  Heads go first ([B,K,(T,G),E]: each kv head's G query heads are rows of one matmul), so XLA:CPU's dots
+  see contiguous operands; softmax's division is applied to the [.,E] output, not the [.,S] probabilities.
 
   remat_blocks: for layers under remat, which recompute the attention anyway. The query blocks run in
   a scan, each recomputed in its own backward (as flash attention does), so one block's [B,K,G,t,T]
@@ -72,34 +75,40 @@ def blocked_xla(q_bthe, k_bske, v_bske, segment_ids_bt, remat_blocks: bool = Fal
   """
   b, t, h, e = q_bthe.shape
   k_heads = k_bske.shape[2]
-  q_btkge = q_bthe.reshape(b, t, k_heads, h // k_heads, e)
-  n_blocks = t // ATTN_BLOCK if t % ATTN_BLOCK == 0 else 1
-  size = t // n_blocks
-  slots = jnp.arange(t)
-  mask_bts = segment_mask(segment_ids_bt, segment_ids_bt) & (slots[None, None, :] <= slots[None, :, None])
-  scale, neg = 1.0 / np.sqrt(e), jnp.finfo(jnp.float32).min
+  g = h // k_heads
+  scale = jnp.asarray(1.0 / np.sqrt(e), q_bthe.dtype)
+  q_bkqe = jnp.transpose(q_bthe.reshape(b, t, k_heads, g, e) * scale, (0, 2, 1, 3, 4)).reshape(b, k_heads, t * g, e)
+  k_bkse, v_bkse = jnp.transpose(k_bske, (0, 2, 1, 3)), jnp.transpose(v_bske, (0, 2, 1, 3))
+  neg = jnp.finfo(jnp.float32).min
 
-  def block(q, k, v, mask_bts):
-    s = jnp.einsum("btkge,bske->bkgts", q, k, preferred_element_type=jnp.float32) * scale
-    # The mask as an additive [B,1,1,t,s] bias, not a select: a select against the scalar is a
-    # full-size [B,K,G,t,s] broadcast that JAX hoists out of the layer scan as a loop-invariant
-    # residual, every block's at once (0.43 GB at 8B). Same values: s + min rounds to min (|s| is far
-    # below its ulp), and a fully masked row (padding) is uniform either way.
-    s = s + jnp.where(mask_bts[:, None, None], 0.0, neg)
-    p = jax.nn.softmax(s, axis=-1).astype(q.dtype)
-    return jnp.einsum("bkgts,bske->btkge", p, v)
+  def block(q, k, v, start, n):  # queries start..start+n (start may be traced) against k/v's keys
+    keys = k.shape[2]
+    seg_q = jax.lax.dynamic_slice_in_dim(segment_ids_bt, start, n, axis=1)
+    mask_bts = (segment_mask(seg_q, segment_ids_bt[:, :keys])
+                & (jnp.arange(keys)[None, None, :] <= start + jnp.arange(n)[None, :, None]))
+    s = jnp.einsum("bkqe,bkse->bkqs", q, k, preferred_element_type=jnp.float32).reshape(b, k_heads, n, g, keys)
+    # The mask as an additive bias, not a select: a select against the scalar is a full-size broadcast
+    # that JAX hoists out of the layer scan as a loop-invariant residual, every block's at once (0.43 GB
+    # at 8B). Same values: s + min rounds to min (|s| is far below its ulp), and a fully masked row
+    # (padding) is uniform either way.
+    s = (s + jnp.where(mask_bts, 0.0, neg)[:, None, :, None, :]).reshape(b, k_heads, n * g, keys)
+    # The row max only keeps exp in range (the result does not depend on it): no gradient through it.
+    p = jnp.exp(s - jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True)))
+    o = jnp.einsum("bkqs,bkse->bkqe", p.astype(q.dtype), v, preferred_element_type=jnp.float32)
+    return (o / jnp.sum(p, axis=-1, keepdims=True)).astype(q.dtype)
 
-  if remat_blocks and n_blocks > 1:
-    split = lambda a: jnp.swapaxes(a.reshape(b, n_blocks, size, *a.shape[2:]), 0, 1)  # noqa: E731
-    step = jax.checkpoint(lambda _, qm: (None, block(qm[0], k_bske, v_bske, qm[1])))
-    out = jax.lax.scan(step, None, (split(q_btkge), split(mask_bts)))[1]  # [N,B,t,K,G,E]
-    return jnp.swapaxes(out, 0, 1).reshape(b, t, h, e)
-  outs = []
-  for i in range(n_blocks):
-    end = (i + 1) * size
-    outs.append(block(q_btkge[:, i * size:end], k_bske[:, :end], v_bske[:, :end], mask_bts[:, i * size:end, :end]))
-  out = outs[0] if n_blocks == 1 else jnp.concatenate(outs, axis=1)
-  return out.reshape(b, t, h, e)
+  n_blocks = t // ATTN_BLOCK
+  if remat_blocks and n_blocks > 1 and t % ATTN_BLOCK == 0:
+    q_nbkqe = jnp.moveaxis(q_bkqe.reshape(b, k_heads, n_blocks, ATTN_BLOCK * g, e), 2, 0)
+    step = jax.checkpoint(lambda _, qi: (None, block(qi[0], k_bkse, v_bkse, qi[1] * ATTN_BLOCK, ATTN_BLOCK)))
+    out = jax.lax.scan(step, None, (q_nbkqe, jnp.arange(n_blocks)))[1]  # [N,B,K,(t,G),E]
+    out = jnp.moveaxis(out, 0, 2).reshape(b, k_heads, t * g, e)
+  else:
+    outs = [block(q_bkqe[:, :, start * g:min(t, start + ATTN_BLOCK) * g], k_bkse[:, :, :min(t, start + ATTN_BLOCK)],
+                  v_bkse[:, :, :min(t, start + ATTN_BLOCK)], start, min(t, start + ATTN_BLOCK) - start)
+            for start in range(0, t, ATTN_BLOCK)]
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
+  return jnp.transpose(out.reshape(b, k_heads, t, g, e), (0, 2, 1, 3, 4)).reshape(b, t, h, e)
 
 
 # ----------------------------------------------------------------------------- GPU: cuDNN

@@ -75,16 +75,19 @@ def sample_logits(logits_bv, key, temperature: float, top_k: int, top_p: float):
 # The empty cache comes in as an argument, not built inside: as a constant, XLA would try to
 # constant-fold attention over it (slow compiles for long prompts); donated, its buffers become the
 # loop's cache, updated in place.
-@functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg", "max_new_tokens", "temperature", "top_k", "top_p"),
-                   donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg", "max_new_tokens", "temperature", "top_k", "top_p",
+                                             "mesh"), donate_argnames=("cache",))
 def _generate(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segment_bp, stop_ids, key, cache, *,
-              max_new_tokens: int, temperature: float, top_k: int, top_p: float):
+              max_new_tokens: int, temperature: float, top_k: int, top_p: float, mesh=None):
   b, p = tokens_bp.shape
   positions_bp = jnp.maximum(jnp.cumsum(segment_bp, axis=1) - 1, 0).astype(jnp.int32)
   # Prefill: the prompt through the training attention (fused/blocked, no scores against the empty
-  # cache); each layer's keys/values are written into its cache once.
+  # cache); each layer's keys/values are written into its cache once. On a mesh its activations stay
+  # split by rows as in training (weights gathered a layer at a time): left to itself, the partitioner
+  # gathers the rows instead and every device computes the whole batch's [B,P,F] MLP activations.
   x, kv = model_lib.forward_hidden(cfg, params, tokens_bp, segment_ids=segment_bp, positions=positions_bp,
-                                   adapters=adapters, lora_cfg=lora_cfg, return_kv=True)
+                                   adapters=adapters, lora_cfg=lora_cfg, return_kv=True,
+                                   activation_sharding=sharding.activation_sharding(mesh) if mesh else None)
   cache = [{name: jax.lax.dynamic_update_slice(c[name], jnp.swapaxes(kv[name][i], 1, 2).astype(c[name].dtype),
                                                (0, 0, 0, 0)) for name in ("k", "v")} for i, c in enumerate(cache)]
   segments_bs = jnp.zeros((b, p + max_new_tokens), jnp.int32).at[:, :p].set(segment_bp).at[:, p:].set(1)
@@ -93,7 +96,10 @@ def _generate(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segment_b
   out = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
   done = jnp.isin(first, stop_ids)
   next_pos = positions_bp[:, -1] + 1
-  layers = model_lib.split_layers(params["layers"])  # once, outside the token loop
+  # Once, outside the token loop. On a mesh the slices stay sharded: each step gathers the rows' [B,1,D]
+  # activations around a layer and sums partial products, never a layer's weights (seen in the XLA dump
+  # of the 8B eval plan: no weight all-gather in the loop).
+  layers = model_lib.split_layers(params["layers"])
   layer_adapters = model_lib.split_layers(adapters["layers"]) if adapters is not None else None
 
   def cond(state):
@@ -168,7 +174,7 @@ def generate(cfg: ModelConfig, params: Params, prompts: Sequence[Sequence[int]],
     tokens, segments, cache = _on_mesh(mesh, cfg, tokens, segments, p + max_new_tokens)
   out, n, _ = _generate(cfg, params, adapters, lora_cfg, tokens, segments,
                         jnp.asarray(stops, jnp.int32), jax.random.key(seed), cache, max_new_tokens=max_new_tokens,
-                     temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+                        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), mesh=mesh)
   out = distributed.to_host(out)[:n_prompts, :int(n)]
   stop_set = set(stops)
   results = []

@@ -281,7 +281,8 @@ def plan_eval(config, devices: int | None = None, vocab_size: int | None = None)
   ids = jax.ShapeDtypeStruct((rows, prompt), jnp.int32, sharding=row_sh)
   lowered = decode.generate_fn().lower(
       cfg, base, adapters, lcfg if adapters is not None else None, ids, ids, jax.ShapeDtypeStruct((1,), jnp.int32),
-      jax.eval_shape(lambda: key), cache, max_new_tokens=new, temperature=0.0, top_k=0, top_p=1.0)
+      jax.eval_shape(lambda: key), cache, max_new_tokens=new, temperature=0.0, top_k=0, top_p=1.0,
+      mesh=mesh if split else None)  # rows split: the prefill keeps them split
   tick = time.perf_counter()
   mem = lowered.compile(_cpu_options(devs, cfg)).memory_analysis()
   compile_s = time.perf_counter() - tick

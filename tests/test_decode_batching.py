@@ -46,3 +46,14 @@ def test_eval_plan_counts_the_cache_and_says_what_fits():
   assert p["per_device"]["total"] >= p["per_device"]["cache"] + p["per_device"]["weights"]
   assert all(p["fits"].values())
   assert "eval plan: generate 8 rows" in plan.eval_report(p)
+
+
+def test_eval_plan_on_8_devices_keeps_the_prefill_split_by_rows():
+  """Rows split 8 ways: each device's temporaries (prefill activations) a fraction of one device doing all
+  rows. Left to itself the partitioner gathered the rows and every device computed the whole batch."""
+  c = default_config()
+  c.model.preset, c.model.vocab_size = "tiny", 512
+  c.data.seq_len, c.eval.max_new_tokens, c.eval.batch_size = 128, 16, 16
+  one, eight = plan.plan_eval(c, devices=1), plan.plan_eval(c, devices=8)
+  assert eight["rows"] == one["rows"] == 16
+  assert eight["per_device"]["temp"] < one["per_device"]["temp"] / 4
