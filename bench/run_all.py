@@ -1,63 +1,94 @@
-"""Every bench in one process run, results to bench/RESULTS.md: `make bench` (or .venv/bin/python bench/run_all.py).
+"""Every CPU bench in one process run, results to bench/RESULTS.md: `make bench` (or .venv/bin/python bench/run_all.py).
 
-Each bench prints its own summary and JSON line; this collects them into one table with the machine line.
-Timings on a shared CPU are noisy: run it twice and keep the better file when it matters.
+Runs decode and the LoRA train step on both bench models (bench30m: the head is a third of the weights;
+layer34m: the transformer layers dominate), training with loss on every token and on answer tokens only
+(the packed bundled rows, completion-only labels on the peer's side), our prefill at two prompt lengths,
+and training through the real `python -m hinqa_jax train` command against transformers + PEFT. Each
+bench prints its own summary and JSON line; this collects them into one table with the machine line and
+the load average before each bench (other jobs on the machine hurt torch more than XLA: read ratios
+from a quiet machine only). Takes about 20-30 minutes on a 2-core CPU.
 """
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import decode, train  # noqa: E402
+from bench import decode, train, train_cli  # noqa: E402
 from bench.common import machine  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def rows(decode_result: dict, train_result: dict) -> list[tuple[str, ...]]:
-  """(bench, ours, peer, ratio, MFU) rows of the table."""
-  d, t = decode_result, train_result
-  return [
-      (f"decode: batch {d['batch']}, {d['prompt_len']}-token prompts, {d['new_tokens']} new tokens, greedy",
-       f"{d['ours_tok_s']:.0f} tok/s", f"transformers `generate`: {d['transformers_tok_s']:.0f} tok/s",
-       f"{d['speedup']:.2f}x", "not computed"),
-      (f"LoRA train step: r={t['rank']} on 7 projections, batch {t['batch']} x {t['seq_len']}, AdamW",
-       f"{t['ours_tok_s']:.0f} tok/s", f"transformers + PEFT: {t['peft_tok_s']:.0f} tok/s",
-       f"{t['speedup']:.2f}x", f"{100 * t['ours_mfu']:.1f}% (PEFT {100 * t['peft_mfu']:.1f}%)"),
-  ]
+def _load() -> str:
+  return "%.1f" % os.getloadavg()[0]
 
 
-def write(decode_result: dict, train_result: dict, path: Path = OUT) -> str:
-  t = train_result
+def _decode_row(d: dict, load: str) -> tuple[str, ...]:
+  return (f"decode: batch {d['batch']}, {d['prompt_len']}-token prompts, {d['new_tokens']} new, greedy", d["model"],
+          f"{d['ours_tok_s']:.0f} tok/s", f"transformers `generate`: {d['transformers_tok_s']:.0f} tok/s",
+          f"{d['speedup']:.2f}x (greedy rows identical {d['greedy_rows_identical']})", "", load)
+
+
+def _train_row(t: dict, load: str) -> tuple[str, ...]:
+  labels = "every token" if t["labels"] == "all" else f"answer tokens only ({t['loss_tokens']} of the rows' tokens, cap {t['loss_cap']})"
+  return (f"LoRA train step r={t['rank']}, 7 projections, batch {t['batch']} x {t['seq_len']}, AdamW; loss on {labels}",
+          t["model"], f"{t['ours_tok_s']:.0f} tok/s", f"transformers + PEFT: {t['peft_tok_s']:.0f} tok/s",
+          f"{t['speedup']:.2f}x", f"{100 * t['ours_mfu']:.1f}% (PEFT {100 * t['peft_mfu']:.1f}%)", load)
+
+
+def _prefill_row(p: dict, load: str) -> tuple[str, ...]:
+  ms = p["ms_per_token"]
+  short, long_ = min(ms, key=int), max(ms, key=int)
+  return (f"prefill, ours: batch {p['batch']} x {short} vs x {long_} tokens", p["model"],
+          f"{ms[short]:.3f} vs {ms[long_]:.3f} ms/token", "", f"x {long_} is {ms[long_] / ms[short]:.2f}x the time per token",
+          "", load)
+
+
+def _cli_row(c: dict) -> tuple[str, ...]:
+  return (f"`python -m hinqa_jax train` (packed bundled data, input pipeline included), batch {c['batch']} x "
+          f"{c['seq_len']}, r={c['rank']}, {c['steps']} steps, median step", c["model"], f"{c['ours_tok_s']:.0f} tok/s",
+          f"transformers + PEFT, completion-only labels, same rows: {c['peft_tok_s']:.0f} tok/s",
+          f"{c['ours_tok_s'] / c['peft_tok_s']:.2f}x", "", f"{c['load_ours']} / {c['load_peft']}")
+
+
+def write(rows: list[tuple[str, ...]], path: Path = OUT) -> str:
   lines = [
       "# Benchmarks",
       "",
       f"Written by `make bench` (bench/run_all.py) on {datetime.date.today().isoformat()}.",
       f"Machine: {machine()}.",
-      f"Model: the ~{t['params'] / 1e6:.0f}M-parameter `bench30m` LLaMA, float32, the same random weights on both"
-      " sides (bench/common.py). Times are the best of a few calls after warm-up; ratio = peer time / our time.",
-      f"MFU = analytic model FLOPs ({t['model_flops_per_step']:.3e} per train step, see bench/train.py) / step time"
-      f" / the float32 matmul peak measured in the same run ({t['peak_flops'] / 1e9:.0f} GFLOP/s).",
+      "Models (bench/common.py, float32, the same random weights on both sides): `bench30m` (37M, vocab 32k: the head",
+      " is a third of the weights) and `layer34m` (33.6M: d512, 8 layers, 8 heads / 4 KV, vocab 8192: the layers dominate).",
+      "Times are the best of a few calls after warm-up, ours and the peer interleaved in one process; ratio = peer time /",
+      " our time. MFU = analytic model FLOPs (bench/train.py) / step time / the float32 matmul peak measured in the same run.",
+      "load = the 1-minute load average before the bench (2 cores: above ~2 the machine is shared and torch suffers most).",
       "",
-      "| bench | ours | peer | ratio | MFU |",
-      "|---|---|---|---|---|",
+      "| bench | model | ours | peer | ratio | MFU | load |",
+      "|---|---|---|---|---|---|---|",
   ]
-  lines += ["| " + " | ".join(r) + " |" for r in rows(decode_result, train_result)]
-  lines += ["", f"Decode greedy rows identical to transformers': {decode_result['greedy_rows_identical']}. "
-            f"First train loss ours {t['first_loss_ours']:.5f}, PEFT {t['first_loss_peft']:.5f} (same base model, B = 0).",
-            ""]
-  text = "\n".join(lines)
+  lines += ["| " + " | ".join(r) + " |" for r in rows]
+  text = "\n".join(lines) + "\n"
   path.write_text(text)
   return text
 
 
 def main() -> None:
-  d = decode.main([])
-  t = train.main([])
-  print(write(d, t))
+  rows = []
+  for m in ("layer34m", "bench30m"):
+    load = _load()
+    rows.append(_decode_row(decode.main([f"--model={m}"]), load))
+  load = _load()
+  rows.append(_prefill_row(decode.main(["--model=layer34m", "--prefill"]), load))
+  for m in ("bench30m", "layer34m"):
+    for labels in ("all", "answers"):
+      load = _load()
+      rows.append(_train_row(train.main([f"--model={m}", f"--labels={labels}"]), load))
+  rows.append(_cli_row(train_cli.main([])))
+  print(write(rows))
 
 
 if __name__ == "__main__":
