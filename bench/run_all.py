@@ -6,7 +6,7 @@ layer34m: the transformer layers dominate), training with loss on every token an
 and training through the real `python -m hinqa_jax train` command against transformers + PEFT. Each
 bench prints its own summary and JSON line; this collects them into one table with the machine line and
 the load average before each bench (other jobs on the machine hurt torch more than XLA: read ratios
-from a quiet machine only). Takes about 20-30 minutes on a 2-core CPU.
+from a quiet machine only). Took 11.5 minutes on a 2-core AMD EPYC.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _cli_row(c: dict) -> tuple[str, ...]:
   return (f"`python -m hinqa_jax train` (packed bundled data, input pipeline included), batch {c['batch']} x "
           f"{c['seq_len']}, r={c['rank']}, {c['steps']} steps, median step", c["model"], f"{c['ours_tok_s']:.0f} tok/s",
           f"transformers + PEFT, completion-only labels, same rows: {c['peft_tok_s']:.0f} tok/s",
-          f"{c['ours_tok_s'] / c['peft_tok_s']:.2f}x", "", f"{c['load_ours']} / {c['load_peft']}")
+          f"{c['ours_tok_s'] / c['peft_tok_s']:.2f}x", "", f"{float(c['load_ours']):.1f} / {float(c['load_peft']):.1f}")
 
 
 def write(rows: list[tuple[str, ...]], path: Path = OUT) -> str:
@@ -65,7 +65,8 @@ def write(rows: list[tuple[str, ...]], path: Path = OUT) -> str:
       " is a third of the weights) and `layer34m` (33.6M: d512, 8 layers, 8 heads / 4 KV, vocab 8192: the layers dominate).",
       "Times are the best of a few calls after warm-up, ours and the peer interleaved in one process; ratio = peer time /",
       " our time. MFU = analytic model FLOPs (bench/train.py) / step time / the float32 matmul peak measured in the same run.",
-      "load = the 1-minute load average before the bench (2 cores: above ~2 the machine is shared and torch suffers most).",
+      "load = the 1-minute load average before the bench (2 cores; the benches themselves keep ~2 threads busy, so up to",
+      " ~2 is a quiet machine; above it the machine is shared, and torch suffers from sharing more than XLA).",
       "",
       "| bench | model | ours | peer | ratio | MFU | load |",
       "|---|---|---|---|---|---|---|",
