@@ -196,10 +196,8 @@ class Proj(nnx.Module):
       if dropout and rng is not None:
         keep = jax.random.bernoulli(rng, 1.0 - dropout, x.shape)
         xa = jnp.where(keep, x / (1.0 - dropout), 0).astype(x.dtype)
-      # Tokens flattened to one axis: with [B,T,.] operands XLA:CPU lays the gradient of B's dot out as
-      # [O, B*T] and transposes every [B,T,O] output gradient to get there (~30% of a CPU train step).
-      h_nr = matmul(xa.reshape(-1, xa.shape[-1]), adapter["a"].astype(x.dtype))
-      y = y + (scale * matmul(h_nr, adapter["b"].astype(x.dtype))).reshape(y.shape)
+      h = matmul(xa, adapter["a"].astype(x.dtype))
+      y = y + scale * matmul(h, adapter["b"].astype(x.dtype))
     return y
 
 
