@@ -92,18 +92,15 @@ def _ours(cfg, params, rows: dict, lr: float, rank: int, loss_cap: int | None):
   return run, lcfg
 
 
-def _theirs(m, rows: dict, labels: str, lr: float, rank: int):
-  """The same step in transformers + PEFT (float32 on CPU): forward, backward, clip, AdamW."""
+def peft_step(m, lr: float, rank: int):
+  """(step(inputs) -> loss running one transformers + PEFT step: forward, backward, clip, AdamW; trainable count)."""
   from peft import LoraConfig, get_peft_model
   pm = get_peft_model(m, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(lora.ALL_TARGETS)))
   pm.train()
   params = [p for p in pm.parameters() if p.requires_grad]
   opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-  x = torch.tensor(rows["tokens"], dtype=torch.long)
-  # all: HF shifts the labels itself, every next token of the row, mean over them; answers: see _hf_inputs.
-  inputs = {"input_ids": x, "labels": x} if labels == "all" else _hf_inputs(rows)
 
-  def run():
+  def step(inputs: dict):
     loss = pm(**inputs).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -111,7 +108,16 @@ def _theirs(m, rows: dict, labels: str, lr: float, rank: int):
     opt.zero_grad(set_to_none=True)
     return loss.detach()
 
-  return run, sum(p.numel() for p in params)
+  return step, sum(p.numel() for p in params)
+
+
+def _theirs(m, rows: dict, labels: str, lr: float, rank: int):
+  """The same step in transformers + PEFT (float32 on CPU) on these rows."""
+  step, n_trainable = peft_step(m, lr, rank)
+  x = torch.tensor(rows["tokens"], dtype=torch.long)
+  # all: HF shifts the labels itself, every next token of the row, mean over them; answers: see _hf_inputs.
+  inputs = {"input_ids": x, "labels": x} if labels == "all" else _hf_inputs(rows)
+  return lambda: step(inputs), n_trainable
 
 
 def main(argv=None) -> dict:

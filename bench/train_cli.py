@@ -25,10 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from bench.common import bench_models, machine  # noqa: E402
-from bench.train import _hf_inputs  # noqa: E402
+from bench.train import _hf_inputs, peft_step  # noqa: E402
 from hinqa_jax import lora, packing  # noqa: E402
 
 
@@ -39,20 +38,12 @@ def _cli(command: str, workdir: Path, overrides: list[str]) -> None:
 
 def _peft(m, data: packing.PackedDataset, steps: int, batch: int, seed: int, lr: float, rank: int) -> list[float]:
   """Per-step non-padding tokens/s of transformers + PEFT over the same batches as our run."""
-  from peft import LoraConfig, get_peft_model
-  pm = get_peft_model(m, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(lora.ALL_TARGETS)))
-  pm.train()
-  params = [p for p in pm.parameters() if p.requires_grad]
-  opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+  step_fn = peft_step(m, lr, rank)[0]
   rates = []
   for step in range(steps):
     t = time.perf_counter()
     rows = data.get_batch(step, batch, seed)
-    loss = pm(**_hf_inputs(rows)).loss
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    step_fn(_hf_inputs(rows))
     rates.append(float((rows["segment_ids"] > 0).sum()) / (time.perf_counter() - t))
   return rates
 
