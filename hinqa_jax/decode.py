@@ -6,7 +6,6 @@ what it would alone. Rows stop at any of the stop ids; the loop ends when all ro
 """
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax
@@ -75,9 +74,7 @@ def sample_logits(logits_bv, key, temperature: float, top_k: int, top_p: float):
 # The empty cache comes in as an argument, not built inside: as a constant, XLA would try to
 # constant-fold attention over it (slow compiles for long prompts); donated, its buffers become the
 # loop's cache, updated in place.
-@functools.partial(jax.jit, static_argnames=("cfg", "lora_cfg", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "mesh"), donate_argnames=("cache",))
-def _generate(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segment_bp, stop_ids, key, cache, *,
+def _generate_impl(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segment_bp, stop_ids, key, cache, *,
               max_new_tokens: int, temperature: float, top_k: int, top_p: float, mesh=None):
   b, p = tokens_bp.shape
   positions_bp = jnp.maximum(jnp.cumsum(segment_bp, axis=1) - 1, 0).astype(jnp.int32)
@@ -121,9 +118,19 @@ def _generate(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segment_b
   return out, n, cache  # the cache as an output, so the donated input buffers are its buffers
 
 
-def generate_fn():
-  """The jitted generate (for `plan` to lower on abstract shapes)."""
-  return _generate
+_JIT = dict(static_argnames=("cfg", "lora_cfg", "max_new_tokens", "temperature", "top_k", "top_p", "mesh"),
+            donate_argnames=("cache",))
+_generate = jax.jit(_generate_impl, **_JIT)
+# On CPU, decoding compiles with XLA's YNNPACK dot fusions off (XLA's own dot emitter instead): a decode
+# step is ~60 [8,D] x [D,O] products that only stream weights, and there the library path was 15-20%
+# slower per step (bench/decode.py, layer34m and bench30m, same-process A/B on a 2-core EPYC). Training
+# keeps the default: its large matmuls are faster with YNNPACK.
+_generate_cpu = jax.jit(_generate_impl, compiler_options={"xla_cpu_experimental_ynn_fusion_type": ""}, **_JIT)
+
+
+def generate_fn(platform: str = "tpu"):
+  """The jitted generate for a platform ("cpu", "gpu", "tpu"; `plan` lowers it on abstract shapes)."""
+  return _generate_cpu if platform == "cpu" else _generate
 
 
 def _on_mesh(mesh, cfg: ModelConfig, tokens_bp: np.ndarray, segment_bp: np.ndarray, slots: int):
@@ -172,7 +179,8 @@ def generate(cfg: ModelConfig, params: Params, prompts: Sequence[Sequence[int]],
     cache = model_lib.init_cache(cfg, len(prompts), p + max_new_tokens)
   else:
     tokens, segments, cache = _on_mesh(mesh, cfg, tokens, segments, p + max_new_tokens)
-  out, n, _ = _generate(cfg, params, adapters, lora_cfg, tokens, segments,
+  platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+  out, n, _ = generate_fn(platform)(cfg, params, adapters, lora_cfg, tokens, segments,
                         jnp.asarray(stops, jnp.int32), jax.random.key(seed), cache, max_new_tokens=max_new_tokens,
                         temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), mesh=mesh)
   out = distributed.to_host(out)[:n_prompts, :int(n)]

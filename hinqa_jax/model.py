@@ -273,7 +273,11 @@ def _cached_attention(q_btkge, k_bske, v_bske, cache, ctx):
   s = jnp.einsum("btkge,bkse->bkgts", q_btkge, k_cache.astype(dt), preferred_element_type=jnp.float32) * scale
   s = jnp.where(ctx["mask_cache_bts"][:, None, None], s, jnp.finfo(jnp.float32).min)
   p = jax.nn.softmax(s, axis=-1).astype(dt)
-  out = jnp.einsum("bkgts,bkse->btkge", p, v_cache.astype(dt))
+  # [B,K,G*T,S] @ [B,K,S,E], probabilities on the left: written as one einsum, XLA:CPU put the cache
+  # on the left, contracted over its non-minor S axis (a strided library dot, ~0.7 ms per layer-step).
+  b, k, g, t, s_len = p.shape
+  out = jnp.matmul(p.reshape(b, k, g * t, s_len), v_cache.astype(dt)).reshape(b, k, g, t, -1)
+  out = jnp.transpose(out, (0, 3, 1, 2, 4))  # [B,T,K,G,E]
   return out.reshape(*out.shape[:2], -1), {"k": k_cache, "v": v_cache}
 
 
