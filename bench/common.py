@@ -7,12 +7,16 @@ import subprocess
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from hinqa_jax import hostmem
 
-from hinqa_jax import hf, model
+hostmem.keep_freed_memory()  # as the CLI does; before jax and torch start threads (both sides share it)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from hinqa_jax import hf, model  # noqa: E402
 
 BENCH_PRESET = "bench30m"
 # The layer-dominated bench model (33.6M): d512, 8 layers, 8 heads / 4 KV heads, vocab 8192; the head is

@@ -58,6 +58,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from hinqa_jax import hostmem
+  hostmem.keep_freed_memory()  # before jax starts its threads: XLA:CPU steps stop faulting their temporaries in
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save at INFO through absl
   app.run(main)
