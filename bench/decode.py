@@ -18,6 +18,15 @@ from bench.common import MODELS, best_time, bench_models, machine  # noqa: E402
 from hinqa_jax import decode, model  # noqa: E402
 
 
+def prefill_flops_per_token(cfg, n: int) -> float:
+  """Analytic forward FLOPs per prompt token of an n-token causal prefill: 2 per layer weight, plus the
+  attention scores and probs @ V over the (n + 1) / 2 keys a token sees on average (the head runs once)."""
+  layer_weights = cfg.dim * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim + cfg.n_heads * cfg.head_dim * cfg.dim
+  layer_weights += 3 * cfg.dim * cfg.ffn_dim
+  attention = 4 * (n + 1) / 2 * cfg.n_heads * cfg.head_dim
+  return cfg.n_layers * (2 * layer_weights + attention)
+
+
 def prefill_seconds(cfg, params, batch: int, lengths=(256, 1024), reps: int = 3) -> dict:
   """Our prefill time (generate with 1 new token) for batch x length prompts, best of reps, per length;
   the lengths take turns in each round, so a burst of load from elsewhere hits them alike."""
@@ -45,7 +54,8 @@ def main(argv=None) -> dict:
   if args.prefill:
     t = prefill_seconds(cfg, params, args.batch)
     result = {"bench": "prefill", "model": args.model, "batch": args.batch, "seconds": t,
-              "ms_per_token": {n: 1e3 * s / (args.batch * n) for n, s in t.items()}, "machine": machine()}
+              "ms_per_token": {n: 1e3 * s / (args.batch * n) for n, s in t.items()},
+              "flops_per_token": {n: prefill_flops_per_token(cfg, n) for n in t}, "machine": machine()}
     print(f"prefill {args.batch} x 256: {t[256]:.2f} s, {args.batch} x 1024: {t[1024]:.2f} s; per token "
           + ", ".join(f"{n}: {v:.3f} ms" for n, v in result["ms_per_token"].items()))
     print(json.dumps(result))

@@ -43,9 +43,11 @@ def _train_row(t: dict, load: str) -> tuple[str, ...]:
 def _prefill_row(p: dict, load: str) -> tuple[str, ...]:
   ms = p["ms_per_token"]
   short, long_ = min(ms, key=int), max(ms, key=int)
+  flops = p["flops_per_token"]
   return (f"prefill, ours: batch {p['batch']} x {short} vs x {long_} tokens", p["model"],
-          f"{ms[short]:.3f} vs {ms[long_]:.3f} ms/token", "", f"x {long_} is {ms[long_] / ms[short]:.2f}x the time per token",
-          "", load)
+          f"{ms[short]:.3f} vs {ms[long_]:.3f} ms/token", "",
+          f"x {long_} is {ms[long_] / ms[short]:.2f}x the time per token (analytic FLOPs per token: "
+          f"{flops[long_] / flops[short]:.2f}x, attention's longer context)", "", load)
 
 
 def _cli_row(c: dict) -> tuple[str, ...]:
@@ -67,6 +69,8 @@ def write(rows: list[tuple[str, ...]], path: Path = OUT) -> str:
       " our time. MFU = analytic model FLOPs (bench/train.py) / step time / the float32 matmul peak measured in the same run.",
       "load = the 1-minute load average before the bench (2 cores; the benches themselves keep ~2 threads busy, so up to",
       " ~2 is a quiet machine; above it the machine is shared, and torch suffers from sharing more than XLA).",
+      "Both sides share the process's glibc malloc setting (hinqa_jax/hostmem.py, as the CLI sets it: freed memory kept",
+      " for reuse); `python -m hinqa_jax train` (the last row) runs as its own process with the same setting.",
       "",
       "| bench | model | ours | peer | ratio | MFU | load |",
       "|---|---|---|---|---|---|---|",
