@@ -7,16 +7,12 @@ import subprocess
 import tempfile
 import time
 
-from hinqa_jax import hostmem
+import jax
+import jax.numpy as jnp
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
-hostmem.keep_freed_memory()  # as the CLI does; before jax and torch start threads (both sides share it)
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
-
-from hinqa_jax import hf, model  # noqa: E402
+from hinqa_jax import hf, model
 
 BENCH_PRESET = "bench30m"
 # The layer-dominated bench model (33.6M): d512, 8 layers, 8 heads / 4 KV heads, vocab 8192; the head is

@@ -6,18 +6,20 @@ layer34m: the transformer layers dominate), training with loss on every token an
 and training through the real `python -m hinqa_jax train` command against transformers + PEFT. Each
 bench prints its own summary and JSON line; this collects them into one table with the machine line and
 the load average before each bench (other jobs on the machine hurt torch more than XLA: read ratios
-from a quiet machine only). Took 11.5 minutes on a 2-core AMD EPYC.
+from a quiet machine only). Took 10.5-11.5 minutes on a 2-core AMD EPYC.
 """
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import decode, train, train_cli  # noqa: E402
+from bench import train, train_cli  # noqa: E402
 from bench.common import machine  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "RESULTS.md"
@@ -69,8 +71,8 @@ def write(rows: list[tuple[str, ...]], path: Path = OUT) -> str:
       " our time. MFU = analytic model FLOPs (bench/train.py) / step time / the float32 matmul peak measured in the same run.",
       "load = the 1-minute load average before the bench (2 cores; the benches themselves keep ~2 threads busy, so up to",
       " ~2 is a quiet machine; above it the machine is shared, and torch suffers from sharing more than XLA).",
-      "Both sides share the process's glibc malloc setting (hinqa_jax/hostmem.py, as the CLI sets it: freed memory kept",
-      " for reuse); `python -m hinqa_jax train` (the last row) runs as its own process with the same setting.",
+      "malloc as in the CLI (hinqa_jax/hostmem.py): the train rows keep freed memory for reuse, as `train` and `run` do,",
+      " in both sides' shared process; decode and prefill run in their own process with glibc's defaults, as `evaluate` does.",
       "",
       "| bench | model | ours | peer | ratio | MFU | load |",
       "|---|---|---|---|---|---|---|",
@@ -81,13 +83,22 @@ def write(rows: list[tuple[str, ...]], path: Path = OUT) -> str:
   return text
 
 
+def _decode(*args: str) -> dict:
+  """bench/decode.py in its own process: glibc's default malloc, as `python -m hinqa_jax evaluate` runs
+  (this process has hostmem's setting for the train benches, which slows decoding; hostmem.py)."""
+  out = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "decode.py"), *args],
+                       capture_output=True, text=True, check=True)
+  print(out.stdout, end="")
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
   rows = []
   for m in ("layer34m", "bench30m"):
     load = _load()
-    rows.append(_decode_row(decode.main([f"--model={m}"]), load))
+    rows.append(_decode_row(_decode(f"--model={m}"), load))
   load = _load()
-  rows.append(_prefill_row(decode.main(["--model=layer34m", "--prefill"]), load))
+  rows.append(_prefill_row(_decode("--model=layer34m", "--prefill"), load))
   for m in ("bench30m", "layer34m"):
     for labels in ("all", "answers"):
       load = _load()

@@ -25,6 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hinqa_jax import hostmem  # noqa: E402
+
+hostmem.keep_freed_memory()  # as `python -m hinqa_jax train` does; before jax and torch start threads (both sides share it)
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

@@ -24,6 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hinqa_jax import hostmem  # noqa: E402
+
+hostmem.keep_freed_memory()  # as `python -m hinqa_jax train` does; before jax and torch start threads (both sides share it)
+
 import numpy as np  # noqa: E402
 
 from bench.common import bench_models, machine  # noqa: E402

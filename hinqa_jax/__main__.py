@@ -29,6 +29,9 @@ def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: python -m hinqa_jax {{{'|'.join(COMMANDS)}}} --config=... --workdir=...")
   command, config = argv[1], FLAGS.config
+  if command in ("train", "run"):  # before jax starts its threads (hostmem.py: training steps only)
+    from hinqa_jax import hostmem
+    hostmem.keep_freed_memory()
   if config is None:
     raise app.UsageError("--config is required")
   if command == "plan":
@@ -58,8 +61,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from hinqa_jax import hostmem
-  hostmem.keep_freed_memory()  # before jax starts its threads: XLA:CPU steps stop faulting their temporaries in
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save at INFO through absl
   app.run(main)

@@ -14,8 +14,11 @@ no accelerator plugin (jax_cuda*_plugin, jax_rocm*_plugin, libtpu) is installed;
 host memory holds checkpoints and data rather than step temporaries, keeps glibc's defaults.
 HINQA_JAX_MALLOC=keep applies it always, =system never. Not glibc (macOS, musl): nothing changes.
 
-The CLI (`python -m hinqa_jax`), the benchmarks and the tests call `keep_freed_memory()` first thing,
-before jax starts its threads.
+One arena also costs decoding: a decode step's many small allocations from XLA's threads then share one
+lock (bench/decode.py, ours: layer34m 210-240 tok/s with it against 264-270 without, same machine). So
+only training-dominated processes call `keep_freed_memory()`, first thing, before jax starts its
+threads: the CLI's `train` and `run` (`evaluate` keeps glibc's defaults), bench/train.py and
+bench/train_cli.py (both sides share the process), and the tests.
 """
 from __future__ import annotations
 
