@@ -8,10 +8,10 @@ a freed block is reused by the next step and a step faults nothing in.
 
 The cost: freed blocks are not given back, and fragmentation makes the heap settle at a few steps'
 temporaries (a probe with 235 MB of temporaries a call settled at 1.5-1.7 GB resident after ~15 calls,
-against 0.55 GB with glibc's defaults). Hence
-only for CPU runs: with HINQA_JAX_MALLOC unset ("auto") it is applied when JAX_PLATFORMS is cpu, or when
-no accelerator plugin (jax_cuda*_plugin, jax_rocm*_plugin, libtpu) is installed; a GPU or TPU host, whose
-host memory holds checkpoints and data rather than step temporaries, keeps glibc's defaults.
+against 0.55 GB with glibc's defaults). Hence only for CPU runs: with HINQA_JAX_MALLOC unset ("auto")
+it is applied when JAX_PLATFORMS is cpu, or when jax would find no accelerator plugin (none in its
+`jax_plugins` namespace or entry points, as jax discovers CUDA/ROCm plugins, and no libtpu); a GPU or TPU
+host, whose host memory holds checkpoints and data rather than step temporaries, keeps glibc's defaults.
 HINQA_JAX_MALLOC=keep applies it always, =system never. Not glibc (macOS, musl): nothing changes.
 
 One arena also costs decoding: a decode step's many small allocations from XLA's threads then share one
@@ -24,15 +24,23 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.metadata
 import importlib.util
 import os
+import pkgutil
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc malloc.h
 _applied: bool | None = None
 
 
-_ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
+def _accelerator_plugin_installed() -> bool:
+  """Whether jax would find a PJRT plugin (CUDA, ROCm: the `jax_plugins` namespace package or entry-point
+  group, as jax's own discovery looks) or libtpu, without importing jax."""
+  if importlib.util.find_spec("libtpu") is not None or importlib.metadata.entry_points(group="jax_plugins"):
+    return True
+  namespace = importlib.util.find_spec("jax_plugins")
+  return namespace is not None and any(pkgutil.iter_modules(namespace.submodule_search_locations or []))
 
 
 def _cpu_only() -> bool:
@@ -40,7 +48,7 @@ def _cpu_only() -> bool:
   platforms = os.environ.get("JAX_PLATFORMS", "")
   if platforms:
     return platforms.split(",")[0].strip() == "cpu"
-  return not any(importlib.util.find_spec(name) for name in _ACCELERATOR_PLUGINS)
+  return not _accelerator_plugin_installed()
 
 
 def keep_freed_memory() -> bool:

@@ -70,3 +70,19 @@ def test_auto_applies_only_to_cpu_runs(monkeypatch):
   monkeypatch.setenv("HINQA_JAX_MALLOC", "sometimes")
   with pytest.raises(ValueError, match="HINQA_JAX_MALLOC"):
     hostmem.keep_freed_memory()
+
+
+def test_auto_sees_an_accelerator_plugin_as_jax_would(monkeypatch, tmp_path):
+  # No JAX_PLATFORMS: a module in the `jax_plugins` namespace (how jax finds its CUDA/ROCm plugins) means
+  # an accelerator host, where the setting is not applied.
+  import importlib
+  from hinqa_jax import hostmem
+  monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+  if hostmem._accelerator_plugin_installed():
+    pytest.skip("a real accelerator plugin is installed here: the fake one would change nothing")
+  (tmp_path / "jax_plugins" / "fake_gpu_plugin").mkdir(parents=True)
+  (tmp_path / "jax_plugins" / "fake_gpu_plugin" / "__init__.py").write_text("")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  importlib.invalidate_caches()
+  assert hostmem._accelerator_plugin_installed()
+  assert not hostmem._cpu_only()
