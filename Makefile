@@ -14,8 +14,9 @@ venv: $(VENV_STAMP)
 demo: $(VENV_STAMP)
 	$(PY) -m hinqa_jax run --config=configs/demo.py --workdir=runs/demo
 
+# Two workers (more cores: up to 4); the slow tests are mostly single-threaded XLA compiles.
 test: $(VENV_STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist worksteal tests
 
 bench: $(VENV_STAMP)
 	$(PY) bench/run_all.py

@@ -101,5 +101,7 @@ def test_two_processes_each_read_about_their_shard(tmp_path):
           f"peak RSS growth {growth / 1e6:.0f} MB")
     assert r["checked"] >= 4
     assert 0.45 * model_bytes < r["held"] < 0.55 * model_bytes  # fsdp over 2 processes: half each
-    # About the shard, never the whole model (the old read-everything import held all of it plus the shard).
-    assert growth < 0.75 * model_bytes, (growth, model_bytes)
+    # About the shard, never the whole model (the old read-everything import held all of it plus the shard,
+    # 1.5x model_bytes). The shard is 0.5x; ~0.2x more is transient (0.68-0.76x measured, the high end with
+    # another test running beside it).
+    assert growth < 0.9 * model_bytes, (growth, model_bytes)
