@@ -19,6 +19,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"  # dtype of frozen base weights: float32 | bfloat16
   c.model.vocab_size = 0  # 0 = take the tokenizer's vocabulary size (presets trained from scratch)
   c.model.remat = "none"  # none | full | dots: activation checkpointing policy of each layer
+  c.model.layer_loop = "auto"  # auto | scan | unroll: auto unrolls the layers on CPU, scans them elsewhere
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = "data/tokenizer"  # HF tokenizer directory (Llama-3.1's, or the bundled one)

@@ -180,7 +180,7 @@ def plan(config, devices: int | None = None, vocab_size: int | None = None, eval
   mesh = sharding.make_mesh(dict(config.mesh), devices=devs)
   train.check_batch(config, mesh)
   t, mode = config.train, config.train.mode
-  cfg = train.model_config(config, vocab_size or _vocab(config))
+  cfg = _scanned(train.model_config(config, vocab_size or _vocab(config)))
   lcfg = train.lora_config(config)
   optimizer, schedule = train.make_optimizer(t)
 
@@ -260,7 +260,7 @@ def plan_eval(config, devices: int | None = None, vocab_size: int | None = None)
   devs = plan_devices(devices)
   n = len(devs)
   mesh = sharding.make_mesh({"data": 1, "fsdp": n, "tensor": 1}, devices=devs)
-  cfg = train.model_config(config, vocab_size or _vocab(config))
+  cfg = _scanned(train.model_config(config, vocab_size or _vocab(config)))
   lcfg = train.lora_config(config)
   e = config.eval
   new = e.max_new_tokens
@@ -328,6 +328,12 @@ def _accelerator_rng_lowering(platform: str):
       table.pop(prim, None)
     else:
       table[prim] = old
+
+
+def _scanned(cfg):
+  """The plan is of an accelerator run, which scans its layers: layer_loop auto means scan here too, even
+  when the plan compiles for CPU devices (where a run would unroll them)."""
+  return cfg.replace(layer_loop="scan") if cfg.layer_loop == "auto" else cfg
 
 
 def _cpu_options(devs, cfg):

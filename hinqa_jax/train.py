@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def model_config(config, vocab_size: int | None = None) -> model.ModelConfig:
   """The ModelConfig of a run: an HF directory's config.json, or a preset (vocab from the tokenizer)."""
   m = config.model
-  over = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat": m.remat}
+  over = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat": m.remat, "layer_loop": m.layer_loop}
   if m.hf_path:
     return hf.read_config(m.hf_path, m.param_dtype).replace(**over)
   vocab = m.vocab_size or vocab_size

@@ -169,6 +169,30 @@ def test_remat_policies_give_the_same_gradients(remat):
                grad(cfg))
 
 
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_unrolled_layers_give_the_same_loss_and_gradients_as_the_scan(remat):
+  import jax.numpy as jnp
+
+  from hinqa_jax import lora, model
+  c = toy_config()
+  cfg = train.model_config(c, 256).replace(remat=remat)
+  lcfg = train.lora_config(c)
+  params = model.init(cfg, jax.random.key(0))
+  ad = jax.tree.map(lambda x: x + 0.01, lora.init(cfg, lcfg, jax.random.key(1)))
+  batch = {k: jnp.asarray(v) for k, v in ToyPacked().get_batch(0, 4, 0).items()}
+  grad = lambda loop: jax.value_and_grad(lambda a: train.loss_sums(  # noqa: E731
+      a, params, batch, None, cfg=cfg.replace(layer_loop=loop), lcfg=lcfg, mode="lora")[0])(ad)
+  (l_scan, g_scan), (l_unrolled, g_unrolled) = grad("scan"), grad("unroll")
+  np.testing.assert_allclose(l_unrolled, l_scan, rtol=1e-6)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-6), g_unrolled, g_scan)
+  assert model._unrolled(cfg, None) is (jax.devices()[0].platform == "cpu")  # auto: unrolled on CPU only
+  loops = {loop: jax.jit(lambda p, t, loop=loop: model.forward_hidden(cfg.replace(layer_loop=loop), p, t))
+           .lower(params, batch["tokens"]).as_text().count("stablehlo.while") for loop in ("scan", "unroll")}
+  assert loops == {"scan": 1, "unroll": 0}  # one loop over the layers, or none
+  with pytest.raises(ValueError, match="layer_loop"):
+    cfg.replace(layer_loop="python")
+
+
 def test_stage_two_schedule_starts_fresh_with_the_carried_optimizer(tmp_path):
   """reset_optimizer=False carries M1's Adam state (and optax's update count), but not its schedule position."""
   train.run_stage(toy_config(steps=3), tmp_path, "m1", ToyPacked(), progress=False)
