@@ -369,12 +369,17 @@ def export(config, workdir: str | os.PathLike, stage: str | None = None, out_dir
 
 
 def convert(config, workdir: str | os.PathLike, hf_dir: str | None = None) -> dict:
-  """Validate a HF LLaMA dir and rewrite it sharded in config.model.param_dtype at WORKDIR/converted."""
-  from hinqa_jax import hf, model
+  """Validate a HF LLaMA dir and rewrite it sharded in config.model.param_dtype at WORKDIR/converted.
+
+  Read as training reads the base: sharded over config.mesh, each process reading only its devices'
+  slices (an 8B model never whole on one host or device); every process takes part in the write."""
+  from hinqa_jax import hf, model, train as train_lib
   src = hf_dir or config.model.hf_path
   if not src:
     raise ValueError("convert: give --hf_dir or config.model.hf_path")
-  cfg, params = hf.load_hf(src, param_dtype=config.model.param_dtype)
+  c = _with(config, **{"model.hf_path": str(src)})
+  cfg = train_lib.model_config(c)
+  params = train_lib.load_base(c, cfg, make_mesh(c))
   out = hf.save_hf(Path(workdir) / "converted", cfg, params, tokenizer_dir=src)
   return {"source": src, "out": str(out), "parameters": model.count_params(params), "dtype": cfg.param_dtype}
 

@@ -149,6 +149,24 @@ def test_export_on_one_device_equals_export_on_two_processes(two_process_run):
       np.testing.assert_array_equal(one[name], two[name], err_msg=f"{part}/{name}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_convert_on_two_processes_reads_shards_and_writes_the_source(two_process_run, tmp_path, dtype):
+  """`convert` with the base split over both processes (fsdp 4), read as training reads it (each process
+  its slices: test_multiprocess_hf.py measures that read's memory): the tensors written are the source's,
+  cast to param_dtype."""
+  import ml_dtypes
+  run = two_process_run
+  src = run["w"] / "base" / "hf"
+  (tmp_path / "logs").mkdir()
+  _processes(2, 2, tmp_path / "logs", "convert", f"--workdir={tmp_path / 'w'}", f"--hf_dir={src}", *run["over"],
+             *_mesh(1, 4), f"--config.model.param_dtype={dtype}")
+  want, got = load_file(src / "model.safetensors"), load_file(tmp_path / "w" / "converted" / "model.safetensors")
+  assert set(got) == set(want) and len(got) > 5
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name].astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32),
+                                  err_msg=name)
+
+
 def _demo_config():
   spec = importlib.util.spec_from_file_location("demo_config", REPO / "configs" / "demo.py")
   demo = importlib.util.module_from_spec(spec)
