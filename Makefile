@@ -14,9 +14,11 @@ venv: $(VENV_STAMP)
 demo: $(VENV_STAMP)
 	$(PY) -m hinqa_jax run --config=configs/demo.py --workdir=runs/demo
 
-# Two workers (more cores: up to 4); the slow tests are mostly single-threaded XLA compiles.
+# Two workers (more cores: up to 4); the slow tests are mostly single-threaded XLA compiles. Tests
+# marked `alone` measure memory and run afterwards with nothing beside them.
 test: $(VENV_STAMP)
-	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist worksteal tests
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist worksteal -m "not alone" tests
+	$(PY) -m pytest -q -m alone tests
 
 bench: $(VENV_STAMP)
 	$(PY) bench/run_all.py

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from hinqa_jax import hf, model
 
@@ -76,6 +77,7 @@ def _write_model(path: Path, **shape) -> int:
   return sum(int(np.prod(s.shape)) * 4 for s in jax.tree.leaves(shapes))
 
 
+@pytest.mark.alone
 def test_two_processes_each_read_about_their_shard(tmp_path):
   src = tmp_path / "model"
   # Many layers and a small vocabulary: no single tensor is a large part of the model (~350 MB).
@@ -101,7 +103,6 @@ def test_two_processes_each_read_about_their_shard(tmp_path):
           f"peak RSS growth {growth / 1e6:.0f} MB")
     assert r["checked"] >= 4
     assert 0.45 * model_bytes < r["held"] < 0.55 * model_bytes  # fsdp over 2 processes: half each
-    # About the shard, never the whole model (the old read-everything import held all of it plus the shard,
-    # 1.5x model_bytes). The shard is 0.5x; ~0.2x more is transient (0.68-0.76x measured, the high end with
-    # another test running beside it).
-    assert growth < 0.9 * model_bytes, (growth, model_bytes)
+    # About the shard, never the whole model (the old read-everything import held all of it plus the shard).
+    # Measured alone (pytest mark): 0.64-0.69x, also beside a CPU hog; with another test beside it, 0.76x once.
+    assert growth < 0.75 * model_bytes, (growth, model_bytes)
