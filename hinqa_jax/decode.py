@@ -11,9 +11,10 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hinqa_jax import distributed, model as model_lib, sharding
+from hinqa_jax import attention, distributed, model as model_lib, sharding
 from hinqa_jax.model import ModelConfig, Params
 
 
@@ -51,6 +52,71 @@ def token_batches(prompt_lens: Sequence[int], max_new_tokens: int, max_rows: int
   return batches
 
 
+# ----------------------------------------------------------------------------- the KV cache
+def init_cache(cfg: ModelConfig, batch: int, slots: int) -> list[dict]:
+  """Empty KV cache: per layer, keys/values [B,K,S,E] in the compute dtype (one buffer each, so a
+  decode step updates and reads a layer's cache in place)."""
+  shape = (batch, cfg.n_kv_heads, slots, cfg.head_dim)
+  return [{"k": jnp.zeros(shape, jnp.dtype(cfg.dtype)), "v": jnp.zeros(shape, jnp.dtype(cfg.dtype))}
+          for _ in range(cfg.n_layers)]
+
+
+def split_layers(tree):
+  """A stacked [L,...] layer tree as a list of L per-layer trees. Decoding slices once, before its
+  token loop, so no step copies a layer's weights out of the stack (XLA:CPU would, every step)."""
+  n = jax.tree.leaves(tree)[0].shape[0]
+  return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(n)]
+
+
+def cached_attention(q_btkge, k_bske, v_bske, cache, ctx):
+  """A layer's attention in decoding (model.Block calls it through ctx): this chunk's keys/values written
+  into the layer's cache [B,K,S,E] in place at ctx["cache_index"], then one softmax over the cache as
+  stored (no slice or concatenated copy)."""
+  at = (0, 0, ctx["cache_index"], 0)
+  k_cache = jax.lax.dynamic_update_slice(cache["k"], jnp.swapaxes(k_bske, 1, 2).astype(cache["k"].dtype), at)
+  v_cache = jax.lax.dynamic_update_slice(cache["v"], jnp.swapaxes(v_bske, 1, 2).astype(cache["v"].dtype), at)
+  dt = q_btkge.dtype
+  scale = 1.0 / np.sqrt(q_btkge.shape[-1])
+  s = jnp.einsum("btkge,bkse->bkgts", q_btkge, k_cache.astype(dt), preferred_element_type=jnp.float32) * scale
+  s = jnp.where(ctx["mask_cache_bts"][:, None, None], s, jnp.finfo(jnp.float32).min)
+  p = jax.nn.softmax(s, axis=-1).astype(dt)
+  # [B,K,G*T,S] @ [B,K,S,E], probabilities on the left: written as one einsum, XLA:CPU put the cache
+  # on the left, contracted over its non-minor S axis (a strided library dot, ~0.7 ms per layer-step).
+  b, k, g, t, s_len = p.shape
+  out = jnp.matmul(p.reshape(b, k, g * t, s_len), v_cache.astype(dt)).reshape(b, k, g, t, -1)
+  out = jnp.transpose(out, (0, 3, 1, 2, 4))  # [B,T,K,G,E]
+  return out.reshape(*out.shape[:2], -1), {"k": k_cache, "v": v_cache}
+
+
+def forward_cached(cfg: ModelConfig, params: Params, layers: list, layer_adapters: list | None, tokens_bt,
+                   positions_bt, caches: list, cache_segments_bs, cache_index, *, lora_cfg=None):
+  """Hidden states [B,T,D] of a chunk that follows what the caches hold, and the caches with it written.
+
+  layers / layer_adapters: split_layers of params["layers"] / adapters["layers"]; caches: init_cache's
+  per-layer {"k", "v"} [B,K,S,E]; cache_segments_bs: segment ids of the slots, this chunk's included
+  (0 = empty or padding); the chunk's tokens go to slots cache_index.. and see slots up to their own.
+  """
+  b, t = tokens_bt.shape
+  ctx = model_lib.context(cfg, b, t, None, positions_bt, None)
+  slots_s = jnp.arange(cache_segments_bs.shape[1])
+  q_slot_bt = cache_index + jnp.arange(t)[None, :]
+  q_segments_bt = jax.lax.dynamic_slice_in_dim(cache_segments_bs, cache_index, t, axis=1)
+  ctx["cache_index"] = cache_index
+  ctx["cached_attention"] = cached_attention
+  ctx["mask_cache_bts"] = (attention.segment_mask(q_segments_bt, cache_segments_bs)
+                           & (slots_s[None, None, :] <= q_slot_bt[:, :, None]))
+  x = params["embed_tokens"]["embedding"].astype(jnp.dtype(cfg.dtype))[tokens_bt]
+  graphdef = model_lib.block_graphdef(cfg)
+  scale = lora_cfg.scale if lora_cfg is not None else 1.0
+  new_caches = []
+  for i, (p, cache) in enumerate(zip(layers, caches)):
+    ad = layer_adapters[i] if layer_adapters is not None else None
+    x, kv = nnx.merge(graphdef, p)(cfg, x, ctx, ad, (scale, 0.0, None), cache)
+    new_caches.append(kv)
+  return model_lib.final_norm(cfg, params, x), new_caches
+
+
+# ----------------------------------------------------------------------------- generation
 def sample_logits(logits_bv, key, temperature: float, top_k: int, top_p: float):
   """Greedy when temperature == 0; else temperature, then top-k, then nucleus (top-p) filtering."""
   if temperature == 0.0:
@@ -96,8 +162,8 @@ def _generate_impl(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segm
   # Once, outside the token loop. On a mesh the slices stay sharded: each step gathers the rows' [B,1,D]
   # activations around a layer and sums partial products, never a layer's weights (seen in the XLA dump
   # of the 8B eval plan: no weight all-gather in the loop).
-  layers = model_lib.split_layers(params["layers"])
-  layer_adapters = model_lib.split_layers(adapters["layers"]) if adapters is not None else None
+  layers = split_layers(params["layers"])
+  layer_adapters = split_layers(adapters["layers"]) if adapters is not None else None
 
   def cond(state):
     i, _, _, done, _ = state
@@ -106,7 +172,7 @@ def _generate_impl(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segm
   def body(state):
     i, out, cache, done, pos = state
     tok = out[:, i - 1]
-    x, cache = model_lib.forward_cached(cfg, params, layers, layer_adapters, tok[:, None], pos[:, None], cache,
+    x, cache = forward_cached(cfg, params, layers, layer_adapters, tok[:, None], pos[:, None], cache,
                                         segments_bs, p + i - 1, lora_cfg=lora_cfg)
     logits = model_lib.logits_from_hidden(cfg, params, x)[:, 0]
     nxt = sample_logits(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
@@ -139,7 +205,7 @@ def _on_mesh(mesh, cfg: ModelConfig, tokens_bp: np.ndarray, segment_bp: np.ndarr
   rows = NamedSharding(mesh, P(sharding.BATCH_AXES, None))
   kv = NamedSharding(mesh, P(sharding.BATCH_AXES, None, None, None))
   place = lambda a: jax.make_array_from_callback(a.shape, rows, lambda idx: a[idx])  # noqa: E731
-  cache = jax.jit(lambda: model_lib.init_cache(cfg, tokens_bp.shape[0], slots),
+  cache = jax.jit(lambda: init_cache(cfg, tokens_bp.shape[0], slots),
                   out_shardings=[{"k": kv, "v": kv}] * cfg.n_layers)()
   return place(tokens_bp), place(segment_bp), cache
 
@@ -176,7 +242,7 @@ def generate(cfg: ModelConfig, params: Params, prompts: Sequence[Sequence[int]],
     segments[row, p - len(q):] = 1
   if mesh is None:
     tokens, segments = jnp.asarray(tokens), jnp.asarray(segments)
-    cache = model_lib.init_cache(cfg, len(prompts), p + max_new_tokens)
+    cache = init_cache(cfg, len(prompts), p + max_new_tokens)
   else:
     tokens, segments, cache = _on_mesh(mesh, cfg, tokens, segments, p + max_new_tokens)
   platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform

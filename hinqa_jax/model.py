@@ -2,7 +2,9 @@
 
 NNX modules declare the parameters and hold the math of one layer; the public functions below take
 and return plain pytrees (nested dicts of arrays), so `jax.jit`, sharding and Orbax see ordinary
-pytrees. The L decoder layers are stacked on a leading axis and run with `jax.lax.scan`.
+pytrees. The L decoder layers are stacked on a leading axis and run with `jax.lax.scan` (or unrolled,
+`layer_loop`). Decoding with a KV cache (decode.py) builds its forward from the same Block, `context`,
+`block_graphdef` and `final_norm`.
 
 Parameter paths mirror Hugging Face names (`layers/self_attn/q_proj/kernel` is HF
 `model.layers.{i}.self_attn.q_proj.weight`, transposed), so hf.py is a table, not a translation.
@@ -261,8 +263,8 @@ class Block(nnx.Module):
     if cache is None:  # training and prefill: the backend's fused/blocked kernel over this chunk only
       out = attention.causal_attention(q, k, v, ctx["segment_ids"], mesh=ctx["mesh"], remat_blocks=cfg.remat != "none")
       new_kv = {"k": k, "v": v} if ctx["want_kv"] else None
-    else:
-      out, new_kv = _cached_attention(q.reshape(b, t, k_heads, g, e), k, v, cache, ctx)
+    else:  # decoding: decode.cached_attention, given in ctx
+      out, new_kv = ctx["cached_attention"](q.reshape(b, t, k_heads, g, e), k, v, cache, ctx)
     out = out.reshape(b, t, cfg.n_heads * e)
     x_btd = x_btd + proj(attn.o_proj, "self_attn", "o_proj", out, 3)
 
@@ -274,27 +276,9 @@ class Block(nnx.Module):
     return x_btd, new_kv
 
 
-def _cached_attention(q_btkge, k_bske, v_bske, cache, ctx):
-  """Decoding: this chunk's keys/values written into the layer's cache [B,K,S,E] in place at
-  ctx["cache_index"], then one softmax over the cache as stored (no slice or concatenated copy)."""
-  at = (0, 0, ctx["cache_index"], 0)
-  k_cache = jax.lax.dynamic_update_slice(cache["k"], jnp.swapaxes(k_bske, 1, 2).astype(cache["k"].dtype), at)
-  v_cache = jax.lax.dynamic_update_slice(cache["v"], jnp.swapaxes(v_bske, 1, 2).astype(cache["v"].dtype), at)
-  dt = q_btkge.dtype
-  scale = 1.0 / np.sqrt(q_btkge.shape[-1])
-  s = jnp.einsum("btkge,bkse->bkgts", q_btkge, k_cache.astype(dt), preferred_element_type=jnp.float32) * scale
-  s = jnp.where(ctx["mask_cache_bts"][:, None, None], s, jnp.finfo(jnp.float32).min)
-  p = jax.nn.softmax(s, axis=-1).astype(dt)
-  # [B,K,G*T,S] @ [B,K,S,E], probabilities on the left: written as one einsum, XLA:CPU put the cache
-  # on the left, contracted over its non-minor S axis (a strided library dot, ~0.7 ms per layer-step).
-  b, k, g, t, s_len = p.shape
-  out = jnp.matmul(p.reshape(b, k, g * t, s_len), v_cache.astype(dt)).reshape(b, k, g, t, -1)
-  out = jnp.transpose(out, (0, 3, 1, 2, 4))  # [B,T,K,G,E]
-  return out.reshape(*out.shape[:2], -1), {"k": k_cache, "v": v_cache}
-
-
 @functools.lru_cache(maxsize=None)
-def _block_graphdef(cfg: ModelConfig):
+def block_graphdef(cfg: ModelConfig):
+  """The Block's graph (no arrays): nnx.merge(block_graphdef(cfg), layer_params) is a layer."""
   return nnx.graphdef(nnx.eval_shape(lambda: Block(cfg, nnx.Rngs(0))))
 
 
@@ -327,7 +311,9 @@ _REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
                    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-def _context(cfg: ModelConfig, b: int, t: int, segment_ids, positions, activation_sharding):
+def context(cfg: ModelConfig, b: int, t: int, segment_ids, positions, activation_sharding):
+  """What every layer of one forward shares: RoPE tables, segment ids, the mesh. A cached forward adds
+  "cached_attention" (decode.cached_attention), "cache_index" and "mask_cache_bts"."""
   if segment_ids is None:
     segment_ids = jnp.ones((b, t), jnp.int32)
   if positions is None:
@@ -350,10 +336,10 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens_bt, *, segment_ids=N
   values {"k", "v"}: [L,B,T,K,E] (after RoPE), for a prefill to write into a cache once."""
   b, t = tokens_bt.shape
   dt = _dtype(cfg.dtype)
-  ctx = _context(cfg, b, t, segment_ids, positions, activation_sharding)
+  ctx = context(cfg, b, t, segment_ids, positions, activation_sharding)
   ctx["want_kv"] = return_kv
   x = params["embed_tokens"]["embedding"].astype(dt)[tokens_bt]
-  graphdef = _block_graphdef(cfg)
+  graphdef = block_graphdef(cfg)
   scale, dropout, layer_rngs = _lora_settings(cfg, lora_cfg, dropout_rng)
   layer_adapters = adapters["layers"] if adapters is not None else None
 
@@ -368,7 +354,7 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens_bt, *, segment_ids=N
     body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
   x, kv = jax.lax.scan(body, x, (params["layers"], layer_adapters, layer_rngs),
                        unroll=_unrolled(cfg, activation_sharding, prefill=return_kv))
-  x = _final_norm(cfg, params, x)
+  x = final_norm(cfg, params, x)
   return (x, kv) if return_kv else x
 
 
@@ -381,42 +367,9 @@ def _unrolled(cfg: ModelConfig, activation_sharding, prefill: bool = False) -> b
   return next(iter(devices)).platform == "cpu"
 
 
-def _final_norm(cfg: ModelConfig, params: Params, x_btd):
+def final_norm(cfg: ModelConfig, params: Params, x_btd):
+  """The last RMSNorm, before the head."""
   return nnx.merge(nnx.graphdef(RMSNorm(1, cfg.rms_eps, jnp.float32)), params["norm"])(x_btd)
-
-
-def split_layers(tree):
-  """A stacked [L,...] layer tree as a list of L per-layer trees. Decoding slices once, before its
-  token loop, so no step copies a layer's weights out of the stack (XLA:CPU would, every step)."""
-  n = jax.tree.leaves(tree)[0].shape[0]
-  return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(n)]
-
-
-def forward_cached(cfg: ModelConfig, params: Params, layers: list, layer_adapters: list | None, tokens_bt,
-                   positions_bt, caches: list, cache_segments_bs, cache_index, *, lora_cfg=None):
-  """Hidden states [B,T,D] of a chunk that follows what the caches hold, and the caches with it written.
-
-  layers / layer_adapters: split_layers of params["layers"] / adapters["layers"]; caches: init_cache's
-  per-layer {"k", "v"} [B,K,S,E]; cache_segments_bs: segment ids of the slots, this chunk's included
-  (0 = empty or padding); the chunk's tokens go to slots cache_index.. and see slots up to their own.
-  """
-  b, t = tokens_bt.shape
-  ctx = _context(cfg, b, t, None, positions_bt, None)
-  slots_s = jnp.arange(cache_segments_bs.shape[1])
-  q_slot_bt = cache_index + jnp.arange(t)[None, :]
-  q_segments_bt = jax.lax.dynamic_slice_in_dim(cache_segments_bs, cache_index, t, axis=1)
-  ctx["cache_index"] = cache_index
-  ctx["mask_cache_bts"] = (attention.segment_mask(q_segments_bt, cache_segments_bs)
-                           & (slots_s[None, None, :] <= q_slot_bt[:, :, None]))
-  x = params["embed_tokens"]["embedding"].astype(_dtype(cfg.dtype))[tokens_bt]
-  graphdef = _block_graphdef(cfg)
-  scale = lora_cfg.scale if lora_cfg is not None else 1.0
-  new_caches = []
-  for i, (p, cache) in enumerate(zip(layers, caches)):
-    ad = layer_adapters[i] if layer_adapters is not None else None
-    x, kv = nnx.merge(graphdef, p)(cfg, x, ctx, ad, (scale, 0.0, None), cache)
-    new_caches.append(kv)
-  return _final_norm(cfg, params, x), new_caches
 
 
 def logits_from_hidden(cfg: ModelConfig, params: Params, x_btd):
@@ -440,11 +393,3 @@ def forward(cfg: ModelConfig, params: Params, tokens, *, segment_ids=None, posit
   x = forward_hidden(cfg, params, tokens, segment_ids=segment_ids, positions=positions, adapters=adapters,
                      lora_cfg=lora_cfg, dropout_rng=dropout_rng, activation_sharding=activation_sharding)
   return logits_from_hidden(cfg, params, x)
-
-
-def init_cache(cfg: ModelConfig, batch: int, slots: int) -> list[dict]:
-  """Empty KV cache: per layer, keys/values [B,K,S,E] in the compute dtype (one buffer each, so a
-  decode step updates and reads a layer's cache in place)."""
-  shape = (batch, cfg.n_kv_heads, slots, cfg.head_dim)
-  return [{"k": jnp.zeros(shape, _dtype(cfg.dtype)), "v": jnp.zeros(shape, _dtype(cfg.dtype))}
-          for _ in range(cfg.n_layers)]

@@ -276,7 +276,7 @@ def plan_eval(config, devices: int | None = None, vocab_size: int | None = None)
   split = rows % n == 0
   row_sh = sharding.batch_sharding(mesh) if split else sharding.replicated(mesh)
   cache_sh = (NamedSharding(mesh, P(sharding.BATCH_AXES, None, None, None)) if split else sharding.replicated(mesh))
-  cache = jax.eval_shape(lambda: model.init_cache(cfg, rows, prompt + new))
+  cache = jax.eval_shape(lambda: decode.init_cache(cfg, rows, prompt + new))
   cache = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cache_sh), cache)
   ids = jax.ShapeDtypeStruct((rows, prompt), jnp.int32, sharding=row_sh)
   lowered = decode.generate_fn().lower(
