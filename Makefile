@@ -23,7 +23,7 @@ test: $(VENV_STAMP)
 bench: $(VENV_STAMP)
 	$(PY) bench/run_all.py
 
-# One H100/H200 with jax[cuda], flax, optax, orbax, transformers and peft installed (no venv made): < 8 min.
+# One H100/H200 with jax[cuda], flax, optax, orbax-checkpoint, ml-collections, safetensors installed (no venv made): < 8 min.
 PYTHON ?= python3
 bench-accel:
 	$(PYTHON) bench/accelerator.py --out bench/accelerator.json

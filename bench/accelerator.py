@@ -3,8 +3,10 @@
     make bench-accel                          # python3 bench/accelerator.py: one H100/H200, < 8 minutes
     python3 bench/accelerator.py --smoke      # tiny shapes, any machine (CPU): the script runs end to end
 
-Needs only jax (with CUDA), flax, optax, orbax, transformers and peft (what requirements.txt pins minus
-torch). It measures, in one process:
+Needs jax with CUDA, flax, optax, orbax-checkpoint, ml-collections and safetensors (no torch, transformers
+or peft: importing it loads only these and their own dependencies). Its `--smoke` mode and
+the attention, loss, train and plan tests also pass under jax 0.11.2 and flax 0.12.12 (CPU, Python 3.12).
+It measures, in one process:
 - the device's bf16 matmul peak (8192^3 matmuls), the MFU denominator;
 - the LoRA train step (r=16 on all 7 projections, AdamW, the step `train` runs) in tokens/s and MFU
   (plan.analytic_flops / step time / that peak);
