@@ -2,7 +2,7 @@
 
 Every step writes under the workdir and is skipped when its output exists for the same inputs: a
 packed data dir is keyed by the hash of what produced it, a stage by its config (a changed config
-re-runs the stage and what depends on it).
+re-runs the stage and what depends on it); stages.py holds the keys and the markers.
 
 Every command runs the same on 1 process or N, on the mesh of config.mesh: training, evaluation and
 export are SPMD over all processes; process 0 alone writes shared files and decides what is skipped,
@@ -10,52 +10,24 @@ the others wait for it (distributed.main_only), as distributed.py describes.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import jax
 
 from hinqa_jax import distributed
+from hinqa_jax.stages import cached, content_hash, file_digest, plain, portable, stage_key
 
 log = logging.getLogger(__name__)
-
-
-def _hash(obj: Any) -> str:
-  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _portable(obj: Any, workdir: str | os.PathLike) -> Any:
-  """obj with every path inside the workdir written as $WORKDIR/...: keys hashed from it survive a moved workdir."""
-  roots = {str(Path(workdir)), str(Path(workdir).resolve())}
-
-  def rel(x):
-    if isinstance(x, str):
-      root = next((r for r in roots if x == r or x.startswith(r + os.sep)), None)
-      return x if root is None else "$WORKDIR" + x[len(root):]
-    if isinstance(x, dict):
-      return {rel(k): rel(v) for k, v in x.items()}
-    return [rel(v) for v in x] if isinstance(x, (list, tuple)) else x
-  return rel(obj)
-
-
-def _to_plain(config) -> dict:
-  return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
-
-
-def _file_digest(path: str) -> str:
-  p = Path(path)
-  return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else "missing"
 
 
 def data_key(config, files: tuple[str, ...]) -> str:
   """What a packed data dir depends on: the input files' bytes, the tokenizer, the template, the length."""
   from hinqa_jax.tokenizer import tokenizer_hash
-  return _hash({"files": [_file_digest(f) for f in files], "tokenizer": tokenizer_hash(config.tokenizer.path),
-                "seq_len": config.data.seq_len, "template": config.data.template, "strict": config.data.strict})
+  return content_hash({"files": [file_digest(f) for f in files], "tokenizer": tokenizer_hash(config.tokenizer.path),
+                       "seq_len": config.data.seq_len, "template": config.data.template, "strict": config.data.strict})
 
 
 def prepare(config, workdir: str | os.PathLike, files: tuple[str, ...] | None = None) -> dict:
@@ -97,42 +69,6 @@ def train(config, workdir: str | os.PathLike, *, stage: str | None = None, files
   return {k: v for k, v in out.items() if k in ("stage", "steps", "final", "checkpoints")}
 
 
-# ----------------------------------------------------------------------------- stage caching
-def _stage_key(config, extra: dict, workdir: str | os.PathLike) -> str:
-  """What a trained stage depends on: model, LoRA, training settings, data layout, seed, plus extra;
-  paths inside the workdir relative to it, so a moved or copied workdir re-runs nothing."""
-  plain = _to_plain(config)
-  return _hash(_portable({k: plain.get(k) for k in ("model", "lora", "train", "seed", "pretrain")} |
-                         {"data": {k: plain["data"][k] for k in ("seq_len", "template")}} | extra, workdir))
-
-
-def _cached(stage_dir: Path, key: str, fn) -> dict:
-  """fn() once per key: a finished stage with the same key is skipped, a changed key re-runs from scratch,
-  an unfinished stage with the same key resumes (its checkpoints are kept). Process 0 decides and
-  writes the markers; fn runs on every process."""
-  done, started = stage_dir / "stage.json", stage_dir / "stage_key"
-
-  def begin() -> dict | None:
-    if done.exists() and json.loads(done.read_text())["key"] == key:
-      return json.loads(done.read_text())
-    if started.exists() and started.read_text() != key:
-      import shutil
-      log.info("%s: config changed, re-running", stage_dir.name)
-      shutil.rmtree(stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    distributed.write_atomic(started, key)
-    return None
-
-  finished = distributed.main_only(f"begin {stage_dir.name}", begin)
-  if finished is not None:
-    log.info("%s: up to date, skipped", stage_dir.name)
-    return finished["result"]
-  result = fn()
-  distributed.main_only(f"done {stage_dir.name}", lambda: distributed.write_atomic(
-      done, json.dumps({"key": key, "result": result}, indent=2, default=str)))
-  return result
-
-
 def _with(config, **overrides):
   """A copy of config with dotted keys overridden (the original stays as it is)."""
   import copy
@@ -172,7 +108,7 @@ def _full_stage(config, workdir: Path, name: str, examples_fn, seq_len: int, ste
   hf_dir = workdir / name / "hf"
 
   def go():
-    data_dir = workdir / "data" / f"{name}-{_hash(seq_len)}"
+    data_dir = workdir / "data" / f"{name}-{content_hash(seq_len)}"
     distributed.main_only(f"pack {name}", lambda: bootstrap.write_examples(examples_fn(), data_dir, c.tokenizer.path,
                                                                          seq_len))
     from hinqa_jax.tokenizer import load_tokenizer
@@ -181,7 +117,7 @@ def _full_stage(config, workdir: Path, name: str, examples_fn, seq_len: int, ste
     bootstrap.export_full(out, hf_dir, c.tokenizer.path)
     return {"hf_dir": str(hf_dir), "final_loss": out["final"].get("loss")}
 
-  _cached(workdir / name, _stage_key(c, {"stage": name, "files": _file_digest(config.data.train[0])}, workdir), go)
+  cached(workdir / name, stage_key(c, {"stage": name, "files": file_digest(config.data.train[0])}, workdir), go)
   return str(hf_dir)  # not the cached result's path: the workdir may have moved since
 
 
@@ -224,8 +160,8 @@ def _synthetic(config, workdir: Path) -> list[str]:
                            config.synthetic.teacher_seq_len, config.synthetic.teacher_steps, config.seed + 100 + i)
       gen_cfg.teachers[name] = gen.teacher("jax", hf_dir, temperature=config.synthetic.temperature, seed=i,
                                            max_tokens=config.synthetic.max_tokens, batch_size=8)
-  key = _hash({"teachers": [_file_digest(str(Path(t.model) / "model.safetensors")) for t in gen_cfg.teachers.values()],
-               "gen": _portable(_to_plain(gen_cfg), workdir)})
+  weights = [file_digest(str(Path(t.model) / "model.safetensors")) for t in gen_cfg.teachers.values()]
+  key = content_hash({"teachers": weights, "gen": portable(plain(gen_cfg), workdir)})
   curated = workdir / "gen" / "curated" / "synthetic.jsonl"
 
   def go():  # the teachers generate on process 0's devices alone; gen writes its files unaware of processes
@@ -233,7 +169,7 @@ def _synthetic(config, workdir: Path) -> list[str]:
     report = gen.curate(gen_cfg)
     return {"curated": str(curated), "report": {k: report.get(k) for k in ("totals", "per_teacher") if k in report}}
 
-  _cached(workdir / "gen", key, lambda: distributed.main_only("synthesize", go))
+  cached(workdir / "gen", key, lambda: distributed.main_only("synthesize", go))
   return [str(curated)]
 
 
@@ -414,10 +350,10 @@ def run(config, workdir: str | os.PathLike) -> dict:
       c = _with(config, **{"train.num_steps": st["steps"], "train.num_epochs": st["epochs"],
                            "train.stage": st["name"], "seed": st["seed"]})
       prev = stage_keys.get(st["init_from"]) if st["init_from"] else None
-      key = _stage_key(c, {"files": {f: _file_digest(f) for f in st["files"]}, "after": prev,
-                           "base": _file_digest(str(Path(config.model.hf_path) / "model.safetensors"))}, workdir)
+      key = stage_key(c, {"files": {f: file_digest(f) for f in st["files"]}, "after": prev,
+                          "base": file_digest(str(Path(config.model.hf_path) / "model.safetensors"))}, workdir)
       init = str(validation.selected_checkpoints(workdir / st["init_from"])) if st["init_from"] else None
-      _cached(workdir / st["name"], key, lambda c=c, st=st, init=init: train(
+      cached(workdir / st["name"], key, lambda c=c, st=st, init=init: train(
           c, workdir, stage=st["name"], files=tuple(st["files"]), init_from=init))
       stage_keys[st["name"]] = key
 
@@ -432,26 +368,26 @@ def run(config, workdir: str | os.PathLike) -> dict:
       bases[base_id] = (cfg, train_lib.load_base(c, cfg, mesh))
     return bases[base_id]
 
-  eval_plain = {k: v for k, v in _to_plain(config)["eval"].items()
+  eval_plain = {k: v for k, v in plain(config)["eval"].items()
                 if k not in ("n_bootstrap", "n_trials", "significance_seed")}
   run_results, eval_keys = {}, {}
   for name, r in runs.items():
     last, c = r["stages"][-1]["name"], _with(config, seed=r["seed"])
-    eval_keys[name] = _hash({"stage": stage_keys[last], "eval": eval_plain, "splits": {
-        s: _file_digest(p) for s, p in _splits(config).items()}})
-    run_results[name] = _cached(workdir / "eval" / name, eval_keys[name], lambda c=c, name=name, last=last: evaluate(
+    eval_keys[name] = content_hash({"stage": stage_keys[last], "eval": eval_plain, "splits": {
+        s: file_digest(p) for s, p in _splits(config).items()}})
+    run_results[name] = cached(workdir / "eval" / name, eval_keys[name], lambda c=c, name=name, last=last: evaluate(
         c, workdir, last, out_dir=workdir / "eval" / name, base=base(c), mesh=mesh))
-  analysis = _cached(workdir / "analysis", _hash({"evals": eval_keys, "eval": _to_plain(config)["eval"]}),
-                     lambda: distributed.main_only("analysis", lambda: uncertainty.summarize(
-                         workdir, runs, run_results, config.eval, tuple(_splits(config)))))
+  analysis = cached(workdir / "analysis", content_hash({"evals": eval_keys, "eval": plain(config)["eval"]}),
+                    lambda: distributed.main_only("analysis", lambda: uncertainty.summarize(
+                        workdir, runs, run_results, config.eval, tuple(_splits(config)))))
   results = analysis["results"]
   for exp, note in skipped.items():
     results[exp] = {s: {"n": 0, "note": note} for s in _splits(config)}
-  provenance = _portable({
-      "config_hash": _hash(_portable(_to_plain(config), workdir)), "tokenizer_hash": tokenizer_hash(config.tokenizer.path),
+  provenance = portable({
+      "config_hash": content_hash(portable(plain(config), workdir)), "tokenizer_hash": tokenizer_hash(config.tokenizer.path),
       "base": config.model.hf_path, "stage_keys": stage_keys, "seeds": list(uncertainty.run_seeds(config)),
-      "data": {s: _file_digest(p) for s, p in _splits(config).items()} |
-              {f: _file_digest(f) for f in list(config.data.train) + synthetic}}, workdir)
+      "data": {s: file_digest(p) for s, p in _splits(config).items()} |
+              {f: file_digest(f) for f in list(config.data.train) + synthetic}}, workdir)
   stage_dirs = {name: str(workdir / name) for name in ["base", *config.synthetic.teachers, *stage_keys]
                 if (workdir / name / "metrics.jsonl").exists()}
   out = distributed.main_only("report", lambda: report.write_report(workdir, results, provenance, stage_dirs,
