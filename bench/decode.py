@@ -1,16 +1,23 @@
 """Decode throughput: our jitted `decode.generate` against transformers' `generate`, same weights, one run.
 
     .venv/bin/python bench/decode.py [--model=layer34m]  # batch 8, 64-token prompts, 128 new, float32
+
+Also our time per decode step ((t(n new) - t(1 new)) / (n - 1): the prefill taken out) beside the step's
+projections alone: the 7 products per layer and the head on a [batch, D] input with the same weights,
+compiled as generate compiles on CPU. Their ratio says how much of a step is anything but those products.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -41,6 +48,37 @@ def prefill_seconds(cfg, params, batch: int, lengths=(256, 1024), reps: int = 3)
   return out
 
 
+def projections_seconds(cfg, params, batch: int, reps: int = 30) -> float:
+  """Best time of one decode step's projections alone: per layer q, k, v, o, gate, up, down on [batch, D]
+  (residual adds and SiLU between them, no norms, RoPE or attention), then the head."""
+  layers = decode.split_layers(params["layers"])  # outside the jit: no slicing copies inside it
+  head = params["embed_tokens"]["embedding"].T if cfg.tie_embeddings else params["lm_head"]["kernel"]
+  names = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
+           ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
+  weights = [[layer[g][n]["kernel"] for g, n in names] for layer in layers]
+
+  def step(weights, head, x):
+    kv = 0.0
+    for wq, wk, wv, wo, wg, wu, wd in weights:
+      k, v = x @ wk, x @ wv
+      kv = kv + k[:, 0] + v[:, 0]  # keeps k and v alive
+      x = x + (x @ wq) @ wo
+      x = x + (jax.nn.silu(x @ wg) * (x @ wu)) @ wd
+    return x @ head, kv
+
+  f = jax.jit(step, compiler_options=decode.CPU_DECODE_OPTIONS if jax.default_backend() == "cpu" else None)
+  x = jnp.ones((batch, cfg.dim), jnp.float32)
+  jax.block_until_ready(f(weights, head, x))
+  best = float("inf")
+  for _ in range(3):
+    t = time.perf_counter()
+    for _ in range(reps):
+      out = f(weights, head, x)
+    jax.block_until_ready(out)
+    best = min(best, (time.perf_counter() - t) / reps)
+  return best
+
+
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser()
   ap.add_argument("--batch", type=int, default=8)
@@ -64,8 +102,8 @@ def main(argv=None) -> dict:
   prompts = rs.randint(3, cfg.vocab_size, (args.batch, args.prompt_len))
   n = args.new_tokens
 
-  def ours():
-    return decode.generate(cfg, params, prompts.tolist(), n, eos_ids=[])
+  def ours(new=n):
+    return decode.generate(cfg, params, prompts.tolist(), new, eos_ids=[])
 
   def theirs():
     with torch.no_grad():
@@ -73,18 +111,28 @@ def main(argv=None) -> dict:
                         eos_token_id=None, pad_token_id=0)
 
   ours_out, theirs_out = ours(), theirs()  # warm-up (compilation) and a correctness check
+  ours(1)
   same = sum(a == b for a, b in zip(ours_out, theirs_out[:, args.prompt_len:].tolist()))
   # Rounds of (ours, theirs), best of each: a burst of load from elsewhere hits both alike.
-  t_ours = t_theirs = float("inf")
+  t_ours = t_theirs = t_one = float("inf")
   for _ in range(args.reps):
     t_ours, t_theirs = min(t_ours, best_time(ours, 1)), min(t_theirs, best_time(theirs, 1))
+    t_one = min(t_one, best_time(lambda: ours(1), 1))
+  step_s = (t_ours - t_one) / max(n - 1, 1)
+  proj_s = projections_seconds(cfg, params, args.batch)
+  head = params["embed_tokens"]["embedding"] if cfg.tie_embeddings else params["lm_head"]["kernel"]
+  proj_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(params["layers"])
+                   if a.ndim == 3) + int(np.prod(head.shape)) * head.dtype.itemsize
   tokens = args.batch * n
   result = {"bench": "decode", "model": args.model, "params": model.count_params(params), "batch": args.batch,
             "prompt_len": args.prompt_len, "new_tokens": n, "ours_tok_s": tokens / t_ours,
             "transformers_tok_s": tokens / t_theirs, "speedup": t_theirs / t_ours,
-            "greedy_rows_identical": f"{same}/{args.batch}", "machine": machine()}
+            "greedy_rows_identical": f"{same}/{args.batch}", "step_ms": 1e3 * step_s,
+            "projections_ms": 1e3 * proj_s, "projections_gb_s": proj_bytes / proj_s / 1e9, "machine": machine()}
   print(f"decode: ours {result['ours_tok_s']:.0f} tok/s, transformers {result['transformers_tok_s']:.0f} tok/s, "
-        f"ratio {result['speedup']:.2f}x ({result['params'] / 1e6:.1f}M params, identical greedy rows {same}/{args.batch})")
+        f"ratio {result['speedup']:.2f}x ({result['params'] / 1e6:.1f}M params, identical greedy rows {same}/{args.batch}); "
+        f"our step {result['step_ms']:.1f} ms, its projections alone {result['projections_ms']:.1f} ms "
+        f"({result['projections_gb_s']:.1f} GB/s of weights)")
   print(json.dumps(result))
   return result
 

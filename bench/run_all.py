@@ -31,7 +31,8 @@ def _load() -> str:
 
 def _decode_row(d: dict, load: str) -> tuple[str, ...]:
   return (f"decode: batch {d['batch']}, {d['prompt_len']}-token prompts, {d['new_tokens']} new, greedy", d["model"],
-          f"{d['ours_tok_s']:.0f} tok/s", f"transformers `generate`: {d['transformers_tok_s']:.0f} tok/s",
+          f"{d['ours_tok_s']:.0f} tok/s (a step {d['step_ms']:.1f} ms; its projections alone {d['projections_ms']:.1f} ms, "
+          f"{d['projections_gb_s']:.1f} GB/s of weights)", f"transformers `generate`: {d['transformers_tok_s']:.0f} tok/s",
           f"{d['speedup']:.2f}x (greedy rows identical {d['greedy_rows_identical']})", "", load)
 
 

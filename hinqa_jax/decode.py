@@ -191,7 +191,8 @@ _generate = jax.jit(_generate_impl, **_JIT)
 # step is ~60 [8,D] x [D,O] products that only stream weights, and there the library path was 15-20%
 # slower per step (bench/decode.py, layer34m and bench30m, same-process A/B on a 2-core EPYC). Training
 # keeps the default: its large matmuls are faster with YNNPACK.
-_generate_cpu = jax.jit(_generate_impl, compiler_options={"xla_cpu_experimental_ynn_fusion_type": ""}, **_JIT)
+CPU_DECODE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_generate_cpu = jax.jit(_generate_impl, compiler_options=CPU_DECODE_OPTIONS, **_JIT)
 
 
 def generate_fn(platform: str = "tpu"):
