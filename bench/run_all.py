@@ -6,7 +6,7 @@ layer34m: the transformer layers dominate), training with loss on every token an
 and training through the real `python -m hinqa_jax train` command against transformers + PEFT. Each
 bench prints its own summary and JSON line; this collects them into one table with the machine line and
 the load average before each bench (other jobs on the machine hurt torch more than XLA: read ratios
-from a quiet machine only). Took 10.5-11.5 minutes on a 2-core AMD EPYC.
+from a quiet machine only). Took 10.5-12.6 minutes on a 2-core AMD EPYC.
 """
 from __future__ import annotations
 
