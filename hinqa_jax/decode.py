@@ -173,7 +173,7 @@ def _generate_impl(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segm
     i, out, cache, done, pos = state
     tok = out[:, i - 1]
     x, cache = forward_cached(cfg, params, layers, layer_adapters, tok[:, None], pos[:, None], cache,
-                                        segments_bs, p + i - 1, lora_cfg=lora_cfg)
+                              segments_bs, p + i - 1, lora_cfg=lora_cfg)
     logits = model_lib.logits_from_hidden(cfg, params, x)[:, 0]
     nxt = sample_logits(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
     nxt = jnp.where(done, 0, nxt)  # finished rows keep emitting a filler that is cut off below
