@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import MODELS, best_time, bench_models, machine  # noqa: E402
-from hinqa_jax import decode, model  # noqa: E402
+from hinqa_jax import decode, loss, model  # noqa: E402
 
 
 def prefill_flops_per_token(cfg, n: int) -> float:
@@ -48,11 +48,11 @@ def prefill_seconds(cfg, params, batch: int, lengths=(256, 1024), reps: int = 3)
   return out
 
 
-def projections_seconds(cfg, params, batch: int, reps: int = 30) -> float:
-  """Best time of one decode step's projections alone: per layer q, k, v, o, gate, up, down on [batch, D]
-  (residual adds and SiLU between them, no norms, RoPE or attention), then the head."""
+def projections_seconds(cfg, params, batch: int, reps: int = 30) -> tuple[float, int]:
+  """(best time, weight bytes read) of one decode step's projections alone: per layer q, k, v, o, gate,
+  up, down on [batch, D] (residual adds and SiLU between them, no norms, RoPE or attention), then the head."""
   layers = decode.split_layers(params["layers"])  # outside the jit: no slicing copies inside it
-  head = params["embed_tokens"]["embedding"].T if cfg.tie_embeddings else params["lm_head"]["kernel"]
+  head = loss.head_kernel(cfg, params, jnp.float32)
   names = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
            ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
   weights = [[layer[g][n]["kernel"] for g, n in names] for layer in layers]
@@ -76,7 +76,7 @@ def projections_seconds(cfg, params, batch: int, reps: int = 30) -> float:
       out = f(weights, head, x)
     jax.block_until_ready(out)
     best = min(best, (time.perf_counter() - t) / reps)
-  return best
+  return best, sum(a.nbytes for a in jax.tree.leaves((weights, head)))
 
 
 def main(argv=None) -> dict:
@@ -119,10 +119,7 @@ def main(argv=None) -> dict:
     t_ours, t_theirs = min(t_ours, best_time(ours, 1)), min(t_theirs, best_time(theirs, 1))
     t_one = min(t_one, best_time(lambda: ours(1), 1))
   step_s = (t_ours - t_one) / max(n - 1, 1)
-  proj_s = projections_seconds(cfg, params, args.batch)
-  head = params["embed_tokens"]["embedding"] if cfg.tie_embeddings else params["lm_head"]["kernel"]
-  proj_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(params["layers"])
-                   if a.ndim == 3) + int(np.prod(head.shape)) * head.dtype.itemsize
+  proj_s, proj_bytes = projections_seconds(cfg, params, args.batch)
   tokens = args.batch * n
   result = {"bench": "decode", "model": args.model, "params": model.count_params(params), "batch": args.batch,
             "prompt_len": args.prompt_len, "new_tokens": n, "ours_tok_s": tokens / t_ours,
