@@ -8,7 +8,16 @@ $(VENV_STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(VENV_STAMP)
 
-.PHONY: venv demo test bench bench-accel clean
+AOT_PY := .venv-aot/bin/python
+AOT_STAMP := .venv-aot/.installed
+
+$(AOT_STAMP): requirements-aot.txt
+	python3 -m venv .venv-aot
+	$(AOT_PY) -m pip install --upgrade --quiet pip
+	$(AOT_PY) -m pip install --quiet -r requirements-aot.txt
+	touch $(AOT_STAMP)
+
+.PHONY: venv demo test aot bench bench-accel clean
 venv: $(VENV_STAMP)
 
 demo: $(VENV_STAMP)
@@ -17,8 +26,13 @@ demo: $(VENV_STAMP)
 # Two workers (more cores: up to 4); the slow tests are mostly single-threaded XLA compiles. Tests
 # marked `alone` measure memory and run afterwards with nothing beside them.
 test: $(VENV_STAMP)
-	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist worksteal -m "not alone" tests
-	$(PY) -m pytest -q -m alone tests
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist worksteal -m "not alone" --ignore=tests/aot tests
+	$(PY) -m pytest -q -m alone --ignore=tests/aot tests
+
+# The real TPU (libtpu) and GPU (XLA:GPU, deviceless) compilers in their own venv: the train step,
+# generate and the loss head compiled for a TPU v5e slice and an H100 node (tests/aot), no hardware.
+aot: $(AOT_STAMP)
+	HINQA_AOT=1 $(AOT_PY) -m pytest -q -n 2 --dist worksteal tests/aot
 
 bench: $(VENV_STAMP)
 	$(PY) bench/run_all.py

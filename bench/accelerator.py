@@ -9,8 +9,8 @@ the attention, loss, train and plan tests also pass under jax 0.11.2 and flax 0.
 It measures, in one process:
 - the device's bf16 matmul peak (8192^3 matmuls), the MFU denominator;
 - the LoRA train step (r=16 on all 7 projections, AdamW, the step `train` runs) in tokens/s and MFU
-  (plan.analytic_flops / step time / that peak);
-- attention: the backend's kernel (cuDNN flash attention on GPU) against the blocked XLA path on
+  (plan.analytic_flops / step time / that peak), and its compiled memory total beside the measured peak;
+- attention: the backend's kernel (Pallas Triton flash attention on GPU) against the blocked XLA path on
   packed, padded rows: max |difference| of outputs and of gradients;
 - decode: tokens/s of decode.generate for a batch of 32 prompts (greedy, 64-token prompts, 128 new).
 Prints one JSON line (and writes it to --out when given).
@@ -91,15 +91,21 @@ def train_bench(cfg, batch: int, seq: int, rank: int, reps: int) -> dict:
 
   t = _timed(run, reps)
   flops = plan.analytic_flops(cfg, lcfg, "lora", batch, seq)
+  # The compiler's figure (what `plan --target` reports) beside what the device measured for the same step.
+  mem = step.lower(box["state"], params, batch_arrays).compile().memory_analysis()
+  compiled = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+  stats = jax.devices()[0].memory_stats() or {}
   return {"batch": batch, "seq_len": seq, "step_s": t, "tok_s": batch * seq / t, "model_flops": flops["model"],
-          "loss": float(run())}
+          "loss": float(run()), "compiled_total_bytes": int(compiled),
+          "measured_peak_bytes": stats.get("peak_bytes_in_use"), "device_bytes_limit": stats.get("bytes_limit")}
 
 
 def attention_check(cfg, batch: int, seq: int) -> dict:
   """The backend's attention kernel against the blocked XLA path, values and gradients. On CPU the GPU
-  path is checked instead: its float32 fallback makes the same jax.nn.dot_product_attention call with XLA."""
+  kernel (Pallas Triton) runs in Pallas interpret mode instead."""
   impl = attention.default_impl()
-  impl = "cudnn" if impl == "xla" else impl
+  interpret = impl == "xla"
+  impl = "triton" if interpret else impl
   dt = jnp.dtype(cfg.dtype)
   ks = jax.random.split(jax.random.key(2), 4)
   q = jax.random.normal(ks[0], (batch, seq, cfg.n_heads, cfg.head_dim), dt)
@@ -113,11 +119,13 @@ def attention_check(cfg, batch: int, seq: int) -> dict:
   r = jax.random.normal(ks[3], q.shape, jnp.float32) * real
 
   def loss(impl_, q_, k_, v_):
-    return jnp.sum(attention.causal_attention(q_, k_, v_, seg, impl=impl_).astype(jnp.float32) * r)
+    return jnp.sum(attention.causal_attention(q_, k_, v_, seg, impl=impl_, interpret=interpret and impl_ != "xla")
+                   .astype(jnp.float32) * r)
 
   outs, grads = {}, {}
   for name in {impl, "xla"}:
-    outs[name] = jax.jit(lambda a, b, c, n=name: attention.causal_attention(a, b, c, seg, impl=n))(q, k, v)
+    outs[name] = jax.jit(lambda a, b, c, n=name: attention.causal_attention(
+        a, b, c, seg, impl=n, interpret=interpret and n != "xla"))(q, k, v)
     grads[name] = jax.jit(jax.grad(lambda a, b, c, n=name: loss(n, a, b, c), argnums=(0, 1, 2)))(q, k, v)
   diff = float(jnp.max(jnp.abs(jnp.where(real, outs[impl].astype(jnp.float32) - outs["xla"].astype(jnp.float32), 0))))
   gdiff = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
@@ -153,7 +161,9 @@ def main(argv=None) -> dict:
   tr = train_bench(cfg, args.batch, args.seq_len, args.rank, args.reps)
   att = attention_check(cfg, args.batch, args.seq_len)
   dec = decode_bench(cfg, args.decode_batch, 64 if not args.smoke else 16, 128 if not args.smoke else 8, args.reps)
+  facts = {k: getattr(dev, k) for k in ("device_kind", "core_count", "compute_capability") if hasattr(dev, k)}
   result = {"bench": "accelerator", "device": getattr(dev, "device_kind", dev.platform), "platform": dev.platform,
+            "device_facts": facts,  # to hold against hinqa_jax/gpu_targets/*.txtpb
             "jax": jax.__version__, "smoke": args.smoke, "model": {"layers": cfg.n_layers, "dim": cfg.dim,
             "vocab": cfg.vocab_size, "dtype": cfg.dtype}, "peak_flops": peak, "train": tr,
             "train_mfu": tr["model_flops"] / tr["step_s"] / peak, "attention": att, "decode": dec,

@@ -18,8 +18,11 @@ config_flags.DEFINE_config_file("config", None, "experiment config file (configs
 flags.DEFINE_string("workdir", None, "directory for everything the run writes")
 flags.DEFINE_string("hf_dir", None, "convert: a HF LLaMA directory to import; export: output dir override")
 flags.DEFINE_string("stage", None, "evaluate/export: which stage's adapters (default: the config's last)")
-flags.DEFINE_integer("devices", None, "plan: number of devices to plan for (fake CPU devices are made)")
-flags.DEFINE_string("device_memory", None, "plan: device to check the fit against, e.g. h100, a100_40g, v5e, v5p")
+flags.DEFINE_string("target", "cpu-1", "plan: what to compile for: a TPU slice (v5e-8, v5e-256, v5p-8, v6e-8, v4-8, "
+                    "v5e-1, v5e-4), a GPU node (h100x8, h100x4, h100x1, a100-80x8, a100-40x1, l4x1) or cpu-N")
+flags.DEFINE_string("json", None, "plan: also write the plan as JSON to this path")
+flags.DEFINE_integer("loss_cap", None, "plan: the head's positions per row (default: the prepared data's in "
+                     "--workdir, else every position)")
 FLAGS = flags.FLAGS
 
 
@@ -35,8 +38,15 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required")
   if command == "plan":
-    from hinqa_jax import plan
-    print(plan.report(plan.plan(config, devices=FLAGS.devices), FLAGS.device_memory))
+    from hinqa_jax import pipeline, plan
+    loss_cap = FLAGS.loss_cap
+    if loss_cap is None and FLAGS.workdir:
+      loss_cap = pipeline.prepared_loss_cap(config, FLAGS.workdir)
+    result = plan.plan(config, FLAGS.target, loss_cap=loss_cap)
+    print(plan.report(result))
+    if FLAGS.json:
+      from hinqa_jax.distributed import write_atomic
+      write_atomic(FLAGS.json, json.dumps(result, indent=2, default=str))
     return
   if not FLAGS.workdir:
     raise app.UsageError("--workdir is required")

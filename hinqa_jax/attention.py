@@ -5,13 +5,15 @@
 Tokens attend to earlier-or-same slots of their own segment; segment id 0 is padding, which no real
 token attends to. Query head h reads kv head h // G (grouped-query attention, H = K*G).
 
-- GPU: cuDNN flash attention through `jax.nn.dot_product_attention(implementation="cudnn")`, causal,
-  the packed segments as a boolean mask (cuDNN folds it into its bias). cuDNN runs bf16/fp16 only:
-  float32 takes the same call's XLA implementation.
+- GPU: the Pallas (Triton) flash-attention kernel `jax.experimental.pallas.ops.gpu.attention.mha`, causal,
+  with the packed segment ids read inside the kernel: no [B,T,T] mask or bias is ever built (cuDNN's
+  public JAX entry takes a dense mask, and its packed layout is private API). The kernel wants one kv
+  head per query head: kv heads are repeated G times (autodiff sums their gradients back).
 - TPU: Pallas splash attention (causal mask, segment ids), per batch row; under a mesh, inside
   `shard_map` over the batch axes (a Pallas call cannot be partitioned by the compiler).
 - CPU (and anything else): XLA, by query blocks of ATTN_BLOCK, so the masked upper triangle is skipped.
-The splash kernel runs on CPU in Pallas interpret mode for the tests (`interpret=True`).
+Both kernels run on CPU in Pallas interpret mode for the value tests (`interpret=True`); the AOT suite
+(tests/aot, `make aot`) compiles them with the real TPU and GPU compilers.
 """
 from __future__ import annotations
 
@@ -20,15 +22,21 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.pallas.ops.gpu import attention as gpu_attention
+from jax.experimental.pallas.ops.tpu import splash_attention as sa
 from jax.sharding import PartitionSpec as P
 
+from hinqa_jax.sharding import BATCH_AXES
+
 ATTN_BLOCK = 128  # query block of the XLA path
-IMPLS = ("xla", "cudnn", "splash")
+IMPLS = ("xla", "triton", "splash")
 
 
 def default_impl(platform: str | None = None) -> str:
-  """The kernel for a platform (default: JAX's default backend)."""
-  return {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}.get(platform or jax.default_backend(), "xla")
+  """The kernel for a device platform ("cpu", "gpu", "tpu"; default: JAX's default backend). Callers
+  pass the platform of the mesh the step is compiled for, which is not the process's backend when
+  compiling ahead of time for a TPU slice or a GPU node (`plan --target`)."""
+  return {"gpu": "triton", "cuda": "triton", "tpu": "splash"}.get(platform or jax.default_backend(), "xla")
 
 
 def segment_mask(q_segment_bt, k_segment_bs):
@@ -40,11 +48,12 @@ def causal_attention(q_bthe, k_bske, v_bske, segment_ids_bt, *, impl: str | None
                      interpret: bool = False, remat_blocks: bool = False):
   """Attention output [B,T,H,E] in the compute dtype (softmax in float32), scale 1/sqrt(E).
 
-  impl: xla | cudnn | splash (default: default_impl()). mesh: the training mesh; splash needs it to
-  place its per-shard kernel. interpret: run splash in Pallas interpret mode (CPU tests).
+  impl: xla | triton | splash (default: default_impl() of the mesh's devices, else of the default
+  backend). mesh: the training mesh; the kernels run per shard inside it (a Pallas call cannot be
+  partitioned by the compiler). interpret: run a kernel in Pallas interpret mode (CPU tests).
   remat_blocks: recompute each query block in its own backward (XLA path; see blocked_xla).
   """
-  impl = impl or default_impl()
+  impl = impl or default_impl(mesh.devices.flat[0].platform if mesh is not None else None)
   if impl not in IMPLS:
     raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
   b, t, h, e = q_bthe.shape
@@ -52,11 +61,10 @@ def causal_attention(q_bthe, k_bske, v_bske, segment_ids_bt, *, impl: str | None
   if h % k_heads or k_bske.shape != v_bske.shape or k_bske.shape[:2] != (b, t) or segment_ids_bt.shape != (b, t):
     raise ValueError(f"attention: q {q_bthe.shape}, k {k_bske.shape}, v {v_bske.shape}, segments "
                      f"{segment_ids_bt.shape} are not [B,T,H,E], [B,T,K,E] x2 with H % K == 0, [B,T]")
-  if impl == "cudnn":
-    return _cudnn(q_bthe, k_bske, v_bske, segment_ids_bt)
-  if impl == "splash" and t % 128 == 0:
-    return _splash(q_bthe, k_bske, v_bske, segment_ids_bt, mesh, interpret)
-  return blocked_xla(q_bthe, k_bske, v_bske, segment_ids_bt, remat_blocks)  # splash tiles need T % 128 == 0
+  if impl != "xla" and t % 128 == 0:  # the kernels' tiles need T % 128 == 0
+    local = _splash_local if impl == "splash" else _triton_local
+    return _per_shard(functools.partial(local, interpret=interpret), q_bthe, k_bske, v_bske, segment_ids_bt, mesh)
+  return blocked_xla(q_bthe, k_bske, v_bske, segment_ids_bt, remat_blocks)
 
 
 # ----------------------------------------------------------------------------- CPU: XLA by query blocks
@@ -111,19 +119,20 @@ def blocked_xla(q_bthe, k_bske, v_bske, segment_ids_bt, remat_blocks: bool = Fal
   return jnp.transpose(out.reshape(b, k_heads, t, g, e), (0, 2, 1, 3, 4)).reshape(b, t, h, e)
 
 
-# ----------------------------------------------------------------------------- GPU: cuDNN
-def _cudnn(q_bthe, k_bske, v_bske, segment_ids_bt):
-  # cuDNN's fused kernel takes fp16/bf16 only; float32 models use the same API's XLA implementation.
-  impl = "cudnn" if q_bthe.dtype in (jnp.bfloat16, jnp.float16) else "xla"
-  mask_b1ts = segment_mask(segment_ids_bt, segment_ids_bt)[:, None]
-  return jax.nn.dot_product_attention(q_bthe, k_bske, v_bske, mask=mask_b1ts, is_causal=True,
-                                      scale=1.0 / float(np.sqrt(q_bthe.shape[-1])), implementation=impl)
+# ----------------------------------------------------------------------------- GPU: Pallas Triton flash attention
+def _triton_local(q_bthe, k_bske, v_bske, segment_ids_bt, interpret: bool):
+  g = q_bthe.shape[2] // k_bske.shape[2]
+  # Query head h reads kv head h // G: repeat each kv head G times in place (GQA as plain MHA).
+  k_bthe, v_bthe = jnp.repeat(k_bske, g, axis=2), jnp.repeat(v_bske, g, axis=2)
+  # The kernel's segment mask is only q_seg == kv_seg: padding (0) would attend padding. Its outputs
+  # are never read (no loss, no later token attends them), so this equals segment_mask's semantics.
+  return gpu_attention.mha(q_bthe, k_bthe, v_bthe, segment_ids_bt, sm_scale=1.0 / float(np.sqrt(q_bthe.shape[-1])),
+                           causal=True, interpret=interpret)
 
 
 # ----------------------------------------------------------------------------- TPU: Pallas splash
 @functools.lru_cache(maxsize=None)
 def _splash_kernel(t: int, h: int, interpret: bool):
-  from jax.experimental.pallas.ops.tpu import splash_attention as sa
   block = max(b for b in (512, 256, 128) if t % b == 0)
   sizes = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                         block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
@@ -133,7 +142,6 @@ def _splash_kernel(t: int, h: int, interpret: bool):
 
 
 def _splash_local(q_bthe, k_bske, v_bske, segment_ids_bt, interpret: bool):
-  from jax.experimental.pallas.ops.tpu import splash_attention as sa
   b, t, h, e = q_bthe.shape
   kernel = _splash_kernel(t, h, interpret)
   q_bhte = jnp.swapaxes(q_bthe * jnp.asarray(1.0 / np.sqrt(e), q_bthe.dtype), 1, 2)  # splash does not scale
@@ -145,14 +153,13 @@ def _splash_local(q_bthe, k_bske, v_bske, segment_ids_bt, interpret: bool):
   return jnp.swapaxes(jax.vmap(one_row)(q_bhte, k_bkse, v_bkse, segment_ids_bt), 1, 2)
 
 
-def _splash(q_bthe, k_bske, v_bske, segment_ids_bt, mesh, interpret: bool):
-  run = functools.partial(_splash_local, interpret=interpret)
+def _per_shard(local, q_bthe, k_bske, v_bske, segment_ids_bt, mesh):
+  """A per-device kernel on the mesh: rows over the batch axes, heads over `tensor` when both head
+  counts split evenly."""
   if mesh is None or mesh.size == 1:
-    return run(q_bthe, k_bske, v_bske, segment_ids_bt)
-  from hinqa_jax.sharding import BATCH_AXES
-  # Rows over the batch axes; heads over `tensor` when both head counts split evenly.
+    return local(q_bthe, k_bske, v_bske, segment_ids_bt)
   heads = "tensor" if (q_bthe.shape[2] % mesh.shape["tensor"] == 0 and
                        k_bske.shape[2] % mesh.shape["tensor"] == 0) else None
   spec = P(BATCH_AXES, None, heads, None)
-  return jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec, P(BATCH_AXES, None)), out_specs=spec,
+  return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P(BATCH_AXES, None)), out_specs=spec,
                        check_vma=False)(q_bthe, k_bske, v_bske, segment_ids_bt)

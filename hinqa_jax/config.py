@@ -5,6 +5,8 @@ so a typo in `--config.key=value` is an error instead of a silently ignored key.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import ml_collections
 
 
@@ -18,6 +20,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
   c.model.param_dtype = "float32"  # dtype of frozen base weights: float32 | bfloat16
   c.model.vocab_size = 0  # 0 = take the tokenizer's vocabulary size (presets trained from scratch)
+  c.model.n_layers = 0  # 0 = the preset's; fewer: a slice of the model at full width (plans, tests, benches)
   c.model.remat = "none"  # none | full | dots: activation checkpointing policy of each layer
   c.model.layer_loop = "auto"  # auto | scan | unroll: auto unrolls the layers on CPU, scans them elsewhere
 
@@ -143,3 +146,22 @@ def vatika_llama3_8b(experiments: tuple[str, ...]) -> ml_collections.ConfigDict:
   c.eval.batch_size = 32
   c.eval.bertscore_model = "/models/bert-base-multilingual-cased"  # layer 9 for Hindi
   return c
+
+
+def load(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """get_config() of a config file, with dotted-key overrides ({"train.batch_size": 8}), unlocked: what
+  `--config=PATH --config.key=value` gives the commands, for scripts and notebooks."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(f"hinqa_config_{Path(path).stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config().copy_and_resolve_references()
+  for dotted, value in (overrides or {}).items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for key in parents:
+      node = node[key]
+    if leaf not in node:
+      raise KeyError(f"{path}: no config key {dotted!r}")
+    node[leaf] = value
+  return config

@@ -141,7 +141,7 @@ def sample_logits(logits_bv, key, temperature: float, top_k: int, top_p: float):
 # constant-fold attention over it (slow compiles for long prompts); donated, its buffers become the
 # loop's cache, updated in place.
 def _generate_impl(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segment_bp, stop_ids, key, cache, *,
-              max_new_tokens: int, temperature: float, top_k: int, top_p: float, mesh=None):
+              max_new_tokens: int, temperature: float, top_k: int, top_p: float, mesh=None, platform=None):
   b, p = tokens_bp.shape
   positions_bp = jnp.maximum(jnp.cumsum(segment_bp, axis=1) - 1, 0).astype(jnp.int32)
   # Prefill: the prompt through the training attention (fused/blocked, no scores against the empty
@@ -149,7 +149,7 @@ def _generate_impl(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segm
   # split by rows as in training (weights gathered a layer at a time): left to itself, the partitioner
   # gathers the rows instead and every device computes the whole batch's [B,P,F] MLP activations.
   x, kv = model_lib.forward_hidden(cfg, params, tokens_bp, segment_ids=segment_bp, positions=positions_bp,
-                                   adapters=adapters, lora_cfg=lora_cfg, return_kv=True,
+                                   adapters=adapters, lora_cfg=lora_cfg, return_kv=True, platform=platform,
                                    activation_sharding=sharding.activation_sharding(mesh) if mesh else None)
   cache = [{name: jax.lax.dynamic_update_slice(c[name], jnp.swapaxes(kv[name][i], 1, 2).astype(c[name].dtype),
                                                (0, 0, 0, 0)) for name in ("k", "v")} for i, c in enumerate(cache)]
@@ -184,7 +184,7 @@ def _generate_impl(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segm
   return out, n, cache  # the cache as an output, so the donated input buffers are its buffers
 
 
-_JIT = dict(static_argnames=("cfg", "lora_cfg", "max_new_tokens", "temperature", "top_k", "top_p", "mesh"),
+_JIT = dict(static_argnames=("cfg", "lora_cfg", "max_new_tokens", "temperature", "top_k", "top_p", "mesh", "platform"),
             donate_argnames=("cache",))
 _generate = jax.jit(_generate_impl, **_JIT)
 # On CPU, decoding compiles with XLA's YNNPACK dot fusions off (XLA's own dot emitter instead): a decode
@@ -249,7 +249,8 @@ def generate(cfg: ModelConfig, params: Params, prompts: Sequence[Sequence[int]],
   platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
   out, n, _ = generate_fn(platform)(cfg, params, adapters, lora_cfg, tokens, segments,
                         jnp.asarray(stops, jnp.int32), jax.random.key(seed), cache, max_new_tokens=max_new_tokens,
-                        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), mesh=mesh)
+                        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), mesh=mesh,
+                        platform=platform)
   out = distributed.to_host(out)[:n_prompts, :int(n)]
   stop_set = set(stops)
   results = []

@@ -261,7 +261,8 @@ class Block(nnx.Module):
     q = apply_rope(q, ctx["rope"])
     k = apply_rope(k, ctx["rope"])
     if cache is None:  # training and prefill: the backend's fused/blocked kernel over this chunk only
-      out = attention.causal_attention(q, k, v, ctx["segment_ids"], mesh=ctx["mesh"], remat_blocks=cfg.remat != "none")
+      out = attention.causal_attention(q, k, v, ctx["segment_ids"], impl=ctx["attn_impl"], mesh=ctx["mesh"],
+                                       remat_blocks=cfg.remat != "none")
       new_kv = {"k": k, "v": v} if ctx["want_kv"] else None
     else:  # decoding: decode.cached_attention, given in ctx
       out, new_kv = ctx["cached_attention"](q.reshape(b, t, k_heads, g, e), k, v, cache, ctx)
@@ -311,8 +312,9 @@ _REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
                    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-def context(cfg: ModelConfig, b: int, t: int, segment_ids, positions, activation_sharding):
-  """What every layer of one forward shares: RoPE tables, segment ids, the mesh. A cached forward adds
+def context(cfg: ModelConfig, b: int, t: int, segment_ids, positions, activation_sharding, platform: str | None = None):
+  """What every layer of one forward shares: RoPE tables, segment ids, the mesh, the attention kernel
+  (that of the mesh's devices, else of `platform`, else of the default backend). A cached forward adds
   "cached_attention" (decode.cached_attention), "cache_index" and "mask_cache_bts"."""
   if segment_ids is None:
     segment_ids = jnp.ones((b, t), jnp.int32)
@@ -320,7 +322,9 @@ def context(cfg: ModelConfig, b: int, t: int, segment_ids, positions, activation
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   mesh = activation_sharding.mesh if activation_sharding is not None else None
   rope = rope_tables(positions, rope_inv_freq(cfg), _dtype(cfg.dtype))
-  return {"rope": rope, "segment_ids": segment_ids, "mesh": mesh, "want_kv": False}
+  platform = mesh.devices.flat[0].platform if mesh is not None else platform
+  return {"rope": rope, "segment_ids": segment_ids, "mesh": mesh, "want_kv": False,
+          "attn_impl": attention.default_impl(platform)}
 
 
 def _lora_settings(cfg: ModelConfig, lora_cfg, dropout_rng):
@@ -331,12 +335,14 @@ def _lora_settings(cfg: ModelConfig, lora_cfg, dropout_rng):
 
 
 def forward_hidden(cfg: ModelConfig, params: Params, tokens_bt, *, segment_ids=None, positions=None,
-                   adapters=None, lora_cfg=None, dropout_rng=None, activation_sharding=None, return_kv: bool = False):
+                   adapters=None, lora_cfg=None, dropout_rng=None, activation_sharding=None, return_kv: bool = False,
+                   platform: str | None = None):
   """Final-norm hidden states [B,T,D] (see `forward`); with return_kv, also every layer's keys and
-  values {"k", "v"}: [L,B,T,K,E] (after RoPE), for a prefill to write into a cache once."""
+  values {"k", "v"}: [L,B,T,K,E] (after RoPE), for a prefill to write into a cache once.
+  platform: the devices compiled for, when no activation_sharding names them (default: the backend's)."""
   b, t = tokens_bt.shape
   dt = _dtype(cfg.dtype)
-  ctx = context(cfg, b, t, segment_ids, positions, activation_sharding)
+  ctx = context(cfg, b, t, segment_ids, positions, activation_sharding, platform)
   ctx["want_kv"] = return_kv
   x = params["embed_tokens"]["embedding"].astype(dt)[tokens_bt]
   graphdef = block_graphdef(cfg)
@@ -353,18 +359,19 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens_bt, *, segment_ids=N
   if cfg.remat != "none":
     body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
   x, kv = jax.lax.scan(body, x, (params["layers"], layer_adapters, layer_rngs),
-                       unroll=_unrolled(cfg, activation_sharding, prefill=return_kv))
+                       unroll=_unrolled(cfg, activation_sharding, prefill=return_kv, platform=platform))
   x = final_norm(cfg, params, x)
   return (x, kv) if return_kv else x
 
 
-def _unrolled(cfg: ModelConfig, activation_sharding, prefill: bool = False) -> bool:
+def _unrolled(cfg: ModelConfig, activation_sharding, prefill: bool = False, platform: str | None = None) -> bool:
   if cfg.layer_loop != "auto":
     return cfg.layer_loop == "unroll"
   if prefill:
     return False
-  devices = activation_sharding.mesh.devices.flat if activation_sharding is not None else jax.devices()
-  return next(iter(devices)).platform == "cpu"
+  if activation_sharding is not None:
+    platform = activation_sharding.mesh.devices.flat[0].platform
+  return (platform or jax.default_backend()) == "cpu"
 
 
 def final_norm(cfg: ModelConfig, params: Params, x_btd):

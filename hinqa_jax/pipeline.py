@@ -49,6 +49,13 @@ def prepare(config, workdir: str | os.PathLike, files: tuple[str, ...] | None = 
       "num_examples", "num_rows", "packing_efficiency", "seq_len", "tokenizer_hash", "loss_cap")}}
 
 
+def prepared_loss_cap(config, workdir: str | os.PathLike) -> int | None:
+  """The loss_cap of the config's packed training data in workdir, if `prepare` has run there."""
+  files = tuple(config.data.train) + tuple(config.data.synthetic)
+  manifest = Path(workdir) / "data" / data_key(config, files) / "manifest.json"
+  return json.loads(manifest.read_text()).get("loss_cap") if manifest.is_file() else None
+
+
 def train(config, workdir: str | os.PathLike, *, stage: str | None = None, files: tuple[str, ...] | None = None,
           init_from: str | None = None, mode: str | None = None, progress: bool = True) -> dict:
   """One stage (config.train.stage) on the packed config data; resumes by itself."""

@@ -36,6 +36,8 @@ def model_config(config, vocab_size: int | None = None) -> model.ModelConfig:
   """The ModelConfig of a run: an HF directory's config.json, or a preset (vocab from the tokenizer)."""
   m = config.model
   over = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat": m.remat, "layer_loop": m.layer_loop}
+  if m.n_layers:
+    over["n_layers"] = int(m.n_layers)
   if m.hf_path:
     return hf.read_config(m.hf_path, m.param_dtype).replace(**over)
   vocab = m.vocab_size or vocab_size
@@ -130,15 +132,37 @@ def make_step(cfg, lcfg, mode: str, optimizer, schedule, grad_accum: int, seed: 
   return step
 
 
+def fresh_state_fn(cfg, lcfg, mode: str, optimizer):
+  """(key, base) -> a stage's first state: LoRA adapters (B = 0) or, for full training, the base weights
+  themselves, with the optimizer's zero state. The base is an argument: a jit may not close over arrays
+  spanning processes."""
+  def fresh_state(key, base):
+    trainable = lora.init(cfg, lcfg, key) if mode == "lora" else base
+    return {"step": jnp.int32(0), "trainable": trainable, "opt_state": optimizer.init(trainable)}
+  return fresh_state
+
+
+def jit_step(config, cfg, lcfg, mode: str, mesh, state_sh, frozen_sh, optimizer, schedule, loss_cap: int | None = None):
+  """The jitted step a stage runs (and `plan` compiles): state donated, the base frozen and sharded (LoRA),
+  batch rows over the mesh's batch axes."""
+  batch_sh = sharding.batch_sharding(mesh)
+  step = make_step(cfg, lcfg, mode, optimizer, schedule, config.train.grad_accum, config.seed, mesh, loss_cap)
+  return jax.jit(step, in_shardings=(state_sh, frozen_sh if mode == "lora" else None,
+                                     {k: batch_sh for k in BATCH_KEYS}),
+                 out_shardings=(state_sh, None), donate_argnums=(0,))
+
+
 def state_shardings(abstract_state, mesh):
   return {"step": sharding.replicated(mesh), "trainable": sharding.tree_shardings(abstract_state["trainable"], mesh),
           "opt_state": sharding.tree_shardings(abstract_state["opt_state"], mesh)}
 
 
+BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
+
+
 def batch_spec(config, cfg_seq_len: int):
   t = config.train
-  return {k: jax.ShapeDtypeStruct((t.batch_size, cfg_seq_len), jnp.int32)
-          for k in ("tokens", "segment_ids", "positions", "loss_mask")}
+  return {k: jax.ShapeDtypeStruct((t.batch_size, cfg_seq_len), jnp.int32) for k in BATCH_KEYS}
 
 
 def check_batch(config, mesh) -> None:
@@ -223,17 +247,8 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
 
   # Shapes and shardings first, nothing allocated; then everything is created already sharded.
   frozen = load_base(config, cfg, mesh)
-  if mode == "lora":
-    init_trainable = lambda k, base: lora.init(cfg, lcfg, k)
-    frozen_arg = frozen
-  else:
-    init_trainable = lambda k, base: base  # full training starts from the base weights
-    frozen_arg = None
-
-  def fresh_state(key, base):  # base as an argument: a jit may not close over arrays spanning processes
-    trainable = init_trainable(key, base)
-    return {"step": jnp.int32(0), "trainable": trainable, "opt_state": optimizer.init(trainable)}
-
+  frozen_arg = frozen if mode == "lora" else None  # full training starts from the base weights
+  fresh_state = fresh_state_fn(cfg, lcfg, mode, optimizer)
   abstract = jax.eval_shape(fresh_state, jax.random.key(0), frozen)
   shardings = state_shardings(abstract, mesh)
   init_state = jax.jit(fresh_state, out_shardings=shardings)
@@ -263,10 +278,8 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
   specs = batch_spec(config, dataset.seq_len)
   # Data packed before the cap existed (or rows not from the packer): the head runs everywhere.
   loss_cap = getattr(dataset, "manifest", {}).get("loss_cap")
-  step_fn = jax.jit(make_step(cfg, lcfg, mode, optimizer, schedule, t.grad_accum, config.seed, mesh, loss_cap),
-                    in_shardings=(shardings, None if frozen_arg is None else sharding.tree_shardings(frozen, mesh),
-                                  {k: batch_sharding for k in specs}),
-                    out_shardings=(shardings, None), donate_argnums=(0,))
+  step_fn = jit_step(config, cfg, lcfg, mode, mesh, shardings, sharding.tree_shardings(frozen, mesh), optimizer,
+                     schedule, loss_cap)
 
   batch_shape = (t.batch_size, dataset.seq_len)
   rows = process_rows(batch_sharding, batch_shape)

@@ -1,5 +1,4 @@
-"""Attention by backend: the TPU splash kernel (Pallas interpret mode) and the GPU cuDNN call's arguments,
-each against the blocked XLA path (itself checked against transformers in test_model.py)."""
+"""Attention by backend: the TPU splash and GPU Triton kernels (Pallas interpret mode), each against the blocked XLA path (itself checked against transformers in test_model.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,29 +39,19 @@ def test_splash_kernel_in_interpret_mode_equals_the_xla_path(qkv):
     np.testing.assert_allclose(g, r, atol=5e-5, rtol=1e-5)
 
 
-def test_gpu_path_is_cudnn_with_causal_segment_mask(qkv, monkeypatch):
-  """On GPU the kernel is cuDNN's; its arguments (GQA layout, segment mask, causal flag, scale) give the
-  reference result when the same jax.nn.dot_product_attention call runs with XLA here."""
-  assert attention.default_impl("gpu") == "cudnn" and attention.default_impl("tpu") == "splash"
-  assert attention.default_impl("cpu") == "xla"
-  calls = []
-  real = jax.nn.dot_product_attention
-
-  def spy(*args, implementation=None, **kw):
-    calls.append((implementation, args[0].dtype, kw["mask"].shape, kw["mask"].dtype, kw["is_causal"], kw["scale"]))
-    return real(*args, implementation="xla", **kw)
-
-  monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
-  q, k, v, seg, _ = qkv
-  bf16 = [x.astype(jnp.bfloat16) for x in (q, k, v)]
-  attention.causal_attention(*bf16, seg, impl="cudnn")
-  assert calls[-1] == ("cudnn", jnp.bfloat16, (B, 1, T, T), jnp.bool_, True, pytest.approx(1 / np.sqrt(E)))
+def test_triton_kernel_in_interpret_mode_equals_the_xla_path(qkv):
+  """The GPU kernel itself (Pallas Triton flash attention, causal, segment ids read in the kernel, GQA by
+  repeated kv heads) run by the Pallas interpreter; tests/aot compiles it for an H100."""
   ref_out, ref_grads = _values_and_grads("xla", qkv)
-  out, grads = _values_and_grads("cudnn", qkv)  # float32: cuDNN has no f32 kernel, the call takes XLA
-  assert calls[-1][0] == "xla"
+  out, grads = _values_and_grads("triton", qkv, interpret=True)
   np.testing.assert_allclose(out, ref_out, atol=2e-5, rtol=1e-5)
   for g, r in zip(grads, ref_grads):
     np.testing.assert_allclose(g, r, atol=5e-5, rtol=1e-5)
+
+
+def test_kernel_follows_the_platform():
+  assert attention.default_impl("gpu") == "triton" and attention.default_impl("tpu") == "splash"
+  assert attention.default_impl("cpu") == "xla"
 
 
 def test_bad_shapes_and_impl(qkv):

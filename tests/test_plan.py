@@ -1,4 +1,7 @@
-"""The plan: exact parameter counts of Llama-3.1-8B + LoRA, bytes per device per mesh, compiled FLOPs, fits."""
+"""The plan on the CPU side (`--target=cpu-N`, XLA:CPU): exact parameter counts of Llama-3.1-8B + LoRA from
+abstract shapes, the compiler's argument bytes against our shard accounting, compiled FLOPs against the
+formula, and the CLI. The TPU and GPU compilers' plans are tests/aot (`make aot`)."""
+import json
 import os
 import subprocess
 import sys
@@ -7,7 +10,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from hinqa_jax import plan
+from hinqa_jax import hlo, lora, model, plan, targets
 from hinqa_jax.config import default_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,7 +18,7 @@ BASE_8B = 8_030_261_248  # Meta-Llama-3.1-8B
 LORA_8B_R16 = 41_943_040  # r=16 on q,k,v,o,gate,up,down of 32 layers: 16 * 81920 * 32
 
 
-def _config(preset="llama3_8b", mesh=(1, 8, 1), seq=2048, batch=8, remat="full", dtype="bfloat16", vocab=128256):
+def _config(preset="small", mesh=(1, 8, 1), seq=128, batch=8, remat="none", dtype="float32", vocab=4096):
   c = default_config()
   c.model.preset, c.model.vocab_size, c.model.remat = preset, vocab, remat
   c.model.param_dtype = c.model.dtype = dtype
@@ -24,83 +27,104 @@ def _config(preset="llama3_8b", mesh=(1, 8, 1), seq=2048, batch=8, remat="full",
   return c
 
 
-@pytest.fixture(scope="module")
-def plans_8b():
-  return {mesh: plan.plan(_config(mesh=mesh), devices=8, evaluation=False) for mesh in [(1, 8, 1), (8, 1, 1)]}
+def test_8b_parameter_counts_from_abstract_shapes():
+  cfg = model.ModelConfig.preset("llama3_8b")
+  base = jax.eval_shape(model.init, cfg, jax.random.key(0))
+  adapters = jax.eval_shape(lambda k: lora.init(cfg, lora.LoraConfig(rank=16, alpha=32, targets=lora.ALL_TARGETS), k),
+                            jax.random.key(0))
+  assert model.count_params(base) == BASE_8B
+  assert model.count_params(adapters) == LORA_8B_R16
 
 
-def test_8b_parameter_counts_and_bytes(plans_8b):
-  fsdp, data = plans_8b[(1, 8, 1)], plans_8b[(8, 1, 1)]
-  for p in (fsdp, data):
-    assert p["base_params"] == BASE_8B
-    assert p["trainable_params"] == LORA_8B_R16
-    assert p["unique_bytes"]["base"] == 2 * BASE_8B  # bf16
-    assert abs(p["unique_bytes"]["base"] / 16.06e9 - 1) < 0.05
-    assert p["unique_bytes"]["trainable"] == 4 * LORA_8B_R16  # float32 adapters
-    pd = p["per_device"]
-    # The compiler's own argument bytes are our per-leaf shard accounting (+ the int32 step counter).
-    ours = pd["base"] + pd["trainable"] + pd["optimizer"] + pd["batch"] + 4
-    assert abs(pd["arguments"] - ours) <= 1e-3 * ours
-  # fsdp=8 shards every large weight 8 ways (only the 65 norm vectors stay whole); data=8 replicates.
-  assert abs(fsdp["per_device"]["base"] - 2 * BASE_8B / 8) < 0.001 * 2 * BASE_8B / 8
-  assert data["per_device"]["base"] == 2 * BASE_8B
-  assert fsdp["all_devices"]["base"] < 1.01 * 2 * BASE_8B
-  assert data["all_devices"]["base"] == 8 * 2 * BASE_8B
-
-
-def test_8b_fits_by_its_own_numbers(plans_8b):
-  for mesh, p in plans_8b.items():
-    total = p["per_device"]["total"]
-    assert total >= p["per_device"]["arguments"] + p["per_device"]["temp"] - p["per_device"]["aliased"]
-    for name, cap in plan.DEVICE_MEMORY.items():
-      assert p["fits"][name] == (total <= cap)
-    text = plan.report(p, "h100")
-    assert ("h100" in text) and (("does NOT fit" in text) != p["fits"]["h100"])
-  # A 16 GiB v5e holds the fsdp=8 shard (about 2 GB of weights) but not a full 16 GB copy per device.
-  assert plans_8b[(1, 8, 1)]["fits"]["v5e"] and not plans_8b[(8, 1, 1)]["fits"]["v5e"]
-  assert plans_8b[(1, 8, 1)]["fits"]["h100"] and plans_8b[(8, 1, 1)]["fits"]["h100"]
-
-
-def test_8b_flops_between_model_and_model_plus_recompute(plans_8b):
-  f = plans_8b[(1, 8, 1)]["flops"]
-  assert f["tokens"] == 8 * 2048
-  compiled = 8 * f["compiled_per_device"]
-  # remat "full" recomputes the layers' forward, except what the backward never reads (XLA drops it).
-  assert f["analytic_model"] < compiled <= f["analytic_model"] + f["analytic_recompute"]
-  assert f["xla_cost_analysis_per_device"] < f["compiled_per_device"] / 5  # cost_analysis counts the scan once
+@pytest.mark.parametrize("mesh", [(1, 8, 1), (8, 1, 1), (2, 2, 2)])
+def test_compiler_argument_bytes_are_our_shard_accounting(mesh):
+  p = plan.plan(_config(mesh=mesh), "cpu-8", evaluation=False)
+  pd = p["per_device"]
+  ours = pd["base"] + pd["trainable"] + pd["optimizer"] + pd["batch"] + 4  # + the int32 step counter
+  assert abs(pd["arguments"] - ours) <= 1e-3 * ours
+  assert p["platform"] == "cpu" and p["fit"]["fits"] is None and p["estimate"] is None
+  sharded = mesh[1] * mesh[2]  # fsdp and tensor shard the weights; data replicates them
+  assert pd["base"] == pytest.approx(p["unique_bytes"]["base"] / sharded, rel=0.01)
 
 
 def test_compiled_flops_equal_analytic_without_remat():
-  p = plan.plan(_config("small", mesh=(2, 4, 1), seq=128, batch=8, remat="none", dtype="float32", vocab=4096), devices=8)
+  c = _config(mesh=(2, 4, 1), remat="none")
+  c.model.layer_loop = "scan"  # unrolled, XLA:CPU rewrites some small LoRA dots into non-dot ops
+  p = plan.plan(c, "cpu-8", evaluation=False)
   f = p["flops"]
-  assert f["analytic_recompute"] == 0
-  assert 8 * f["compiled_per_device"] == pytest.approx(f["analytic_model"], rel=1e-9)
+  assert f["analytic_recompute"] == 0 and f["kernel_attention_per_device"] == 0  # XLA attention: in the HLO
+  assert 8 * f["compiled_matmul_per_device"] == pytest.approx(f["analytic_model"], rel=1e-9)
+
+
+# The shape of a scan in the TPU compiler's HLO (from a libtpu dump): no known_trip_count on the while, the
+# bound is the condition's `counter < constant(N)`, and a dot is a convolution with dim_labels.
+TPU_STYLE_HLO = """
+%cond.1 (p.1: (s32[], f32[4,8])) -> pred[] {
+  %constant.7.clone.3 = s32[]{:T(128)} constant(3), metadata={stack_frame_id=30}
+  %p.1 = (s32[]{:T(128)}, f32[4,8]{1,0:T(8,128)}) parameter(0)
+  %get-tuple-element.1 = s32[]{:T(128)} get-tuple-element(%p.1), index=0
+  ROOT %lt.1 = pred[]{:T(512)} compare(%get-tuple-element.1, %constant.7.clone.3), direction=LT, metadata={op_name="x"}
+}
+%body.1 (p.2: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %p.2 = (s32[]{:T(128)}, f32[4,8]{1,0:T(8,128)}) parameter(0)
+  %w.1 = f32[8,16]{1,0:T(8,128)} constant({...})
+  %x.1 = f32[4,8]{1,0:T(8,128)} get-tuple-element(%p.2), index=1
+  %convolution.1 = f32[4,16]{1,0:T(8,128)} convolution(%x.1, %w.1), dim_labels=bf_io->bf, metadata={op_name="dot_general"}
+  ROOT %t.1 = (s32[]{:T(128)}, f32[4,8]{1,0:T(8,128)}) tuple(%get-tuple-element.1, %x.1)
+}
+ENTRY %main.1 (a.1: f32[4,8]) -> f32[4,8] {
+  %a.1 = f32[4,8]{1,0:T(8,128)} parameter(0)
+  %while.1 = (s32[]{:T(128)}, f32[4,8]{1,0:T(8,128)}) while(%init.1), condition=%cond.1, body=%body.1, metadata={op_name="w"}
+  ROOT %r.1 = f32[4,8]{1,0:T(8,128)} get-tuple-element(%while.1), index=1
+}
+"""
+
+
+def test_hlo_flops_follow_while_loops_with_or_without_a_trip_count():
+  """XLA:CPU annotates a scan's loop with its trip count; the TPU compiler leaves only the condition."""
+  text = jax.jit(lambda x, w: jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=3)[0]).lower(
+      jax.ShapeDtypeStruct((4, 8), "float32"), jax.ShapeDtypeStruct((8, 8), "float32")).compile().as_text()
+  assert '"known_trip_count":{"n":"3"}' in text
+  assert hlo.hlo_matmul_flops(text) == 3 * 2 * 4 * 8 * 8
+  assert hlo.hlo_matmul_flops(TPU_STYLE_HLO) == 3 * 2 * 4 * 16 * 8
+  assert hlo.hlo_matmul_flops(TPU_STYLE_HLO.replace("constant(3)", "constant(5)")) == 5 * 2 * 4 * 16 * 8
+
+
+def test_unknown_target_and_missing_compiler_are_clear_errors():
+  with pytest.raises(ValueError, match="known: v5e-1"):
+    targets.get("v7x-8")
+  if not targets.compiler_installed("tpu"):  # the CPU venv of `make test`
+    with pytest.raises(RuntimeError, match="make aot"):
+      targets.devices("v5e-8")
 
 
 def test_more_devices_than_this_process_has_is_a_clear_error():
   have = len(jax.devices())  # JAX has started in this process: it cannot make more devices now
   with pytest.raises(ValueError, match="fresh process"):
-    plan.plan_devices(have * 2)
+    targets.cpu_devices(have * 2)
 
 
-def test_cli_plans_for_more_devices_than_the_machine_has():
+def test_cli_plans_for_more_cpu_devices_than_the_machine_has(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # conftest's 8 fake devices are inherited: the plan asks for 16
-  out = subprocess.run([sys.executable, "-m", "hinqa_jax", "plan", "--config=configs/tiny.py", "--devices=16",
-                        "--device_memory=v5e", "--config.mesh.data=8", "--config.mesh.fsdp=2",
+  out = subprocess.run([sys.executable, "-m", "hinqa_jax", "plan", "--config=configs/tiny.py", "--target=cpu-16",
+                        f"--json={tmp_path / 'plan.json'}", "--config.mesh.data=8", "--config.mesh.fsdp=2",
                         "--config.train.batch_size=16", "--config.model.vocab_size=512"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "mesh: data=8 fsdp=2 tensor=1 on 16 cpu devices" in out.stdout
-  assert "v5e" in out.stdout and "fits" in out.stdout
+  assert "mesh: data=8 fsdp=2 tensor=1" in out.stdout and "16 x cpu" in out.stdout
+  saved = json.loads((tmp_path / "plan.json").read_text())
+  assert saved["devices"] == 16 and saved["fit"]["fits"] is None
+  total = next(line for line in out.stdout.splitlines() if line.startswith("compiled total"))
+  assert total.split()[2:4] == [f"{saved['per_device']['total'] / 1e6:.2f}", "MB"]
 
 
 def test_plan_needs_no_weights_on_this_machine(tmp_path):
-  c = _config("small", mesh=(1, 1, 1), seq=64, batch=2, remat="none", dtype="float32", vocab=512)
+  c = _config(mesh=(1, 1, 1), seq=64, batch=2, vocab=512)
   c.model.hf_path = str(tmp_path / "Llama-3.1-8B")  # the weights live on the cluster, not here
-  p = plan.plan(c, devices=1)
+  p = plan.plan(c, "cpu-1")
   assert p["model"]["preset"] == "small" and "has no config.json" in p["model"]["note"]
   assert "planned with the shapes of preset small" in plan.report(p)
   assert c.model.hf_path == str(tmp_path / "Llama-3.1-8B")  # the caller's config is left alone
   c.model.preset = "tiny"  # the default: nothing names the shapes
   with pytest.raises(ValueError, match="--config.model.preset=llama3_8b"):
-    plan.plan(c, devices=1)
+    plan.plan(c, "cpu-1")
