@@ -29,24 +29,34 @@ def _with_batch(config, batch: int):
 
 
 def largest_batch(config, target: targets.Target, first: dict) -> dict:
-  """The largest train.batch_size (a multiple of the device count) whose compiled total fits."""
+  """The largest train.batch_size (a multiple of the device count) whose compile fits, by bisection
+  between a fitting and a failing batch; where two compiled totals are known, the next probe is where
+  their line crosses the device's memory (usually right, so few compiles)."""
   n = target.devices
-  b1 = first["batch_size"]
-  t1 = first["per_device"]["total"]
-  b2 = b1 * 2
-  p2 = plan.plan(_with_batch(config, b2), target, evaluation=False)
-  slope = max((p2["per_device"]["total"] - t1) / (b2 - b1), 1.0)
-  fixed = t1 - slope * b1
-  guess = max(n, int((target.memory - fixed) // slope) // n * n)
-  tried = {b1: first, b2: p2}
-  batch = guess
-  while batch >= n:
-    p = tried.get(batch) or plan.plan(_with_batch(config, batch), target, evaluation=False)
-    tried[batch] = p
-    if p["fit"]["fits"]:
-      return {"batch": batch, "total": p["per_device"]["total"], "compiles": len(tried)}
-    batch -= n
-  return {"batch": 0, "total": None, "compiles": len(tried)}
+  tried = {first["batch_size"]: first}
+
+  def probe(batch: int) -> dict:
+    if batch not in tried:
+      tried[batch] = plan.plan(_with_batch(config, batch), target, evaluation=False)
+    return tried[batch]
+
+  fits = lambda b: bool(probe(b)["fit"]["fits"])  # noqa: E731
+  lo, hi = (first["batch_size"], None) if first["fit"]["fits"] else (0, first["batch_size"])
+  while hi is None:  # double until one fails
+    hi = lo * 2 if not fits(lo * 2) else None
+    lo = lo if hi else lo * 2
+  while hi - lo > n:
+    known = [(b, p["per_device"]["total"]) for b, p in tried.items() if p["per_device"]["total"] is not None]
+    mid = (lo + hi) // 2 // n * n
+    if len(known) >= 2:
+      (b1, t1), (b2, t2) = sorted(known)[-2:]
+      if b2 != b1 and t2 > t1:
+        guess = int(b1 + (target.memory - t1) * (b2 - b1) / (t2 - t1)) // n * n
+        mid = guess if lo < guess < hi else mid
+    mid = max(mid, lo + n)
+    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+  best = tried.get(lo)
+  return {"batch": lo, "total": best["per_device"]["total"] if best else None, "compiles": len(tried)}
 
 
 def main() -> None:
@@ -55,6 +65,7 @@ def main() -> None:
   ap.add_argument("--targets", required=True, help="comma-separated target names (hinqa_jax/targets.py)")
   ap.add_argument("--set", action="append", default=[], help="config override key=json_value (repeatable)")
   ap.add_argument("--out", help="write every plan and the table as JSON here")
+  ap.add_argument("--no_search", action="store_true", help="skip the largest-batch search (TPU compiles of 8B take minutes)")
   args = ap.parse_args()
   config = load(args.config, {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)})
   config.model.hf_path = ""  # shapes only: the preset
@@ -65,9 +76,9 @@ def main() -> None:
     c = config.copy_and_resolve_references()
     c.train.batch_size = max(target.devices, c.train.batch_size // target.devices * target.devices)
     p = plan.plan(c, target)
-    best = largest_batch(c, target, p)
+    best = largest_batch(c, target, p) if not args.no_search else {"batch": None, "total": None, "compiles": 0}
     ev = p["eval"][-1]
-    est = p["estimate"]
+    est = p["estimate"] or {"step_s": float("nan"), "tokens_per_s": float("nan")}
     row = {"target": name, "device": p["target"]["device_kind"], "devices": target.devices,
            "batch": c.train.batch_size, "train_total": p["per_device"]["total"], "fits": p["fit"]["fits"],
            "compile_s": p["compile_s"], "attention": p["attention_kernel"], "largest_batch": best["batch"],
@@ -76,8 +87,8 @@ def main() -> None:
     rows.append(row)
     plans[name] = {"plan": p, "largest_batch": best}
     print(json.dumps(row), flush=True)
-  gb = lambda x: f"{x / 1e9:.2f}"  # noqa: E731
-  print("\n| target | devices | train batch x 2048: GB/device | fits | largest batch | eval GB/device | fits |"
+  gb = lambda x: "n/a" if x is None else f"{x / 1e9:.2f}"  # noqa: E731
+  print(f"\n| target | devices | train batch x {config.data.seq_len}: GB/device | fits | largest batch | eval GB/device | fits |"
         " attention kernel | compile s | roofline step (est.) |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:

@@ -18,7 +18,7 @@ config_flags.DEFINE_config_file("config", None, "experiment config file (configs
 flags.DEFINE_string("workdir", None, "directory for everything the run writes")
 flags.DEFINE_string("hf_dir", None, "convert: a HF LLaMA directory to import; export: output dir override")
 flags.DEFINE_string("stage", None, "evaluate/export: which stage's adapters (default: the config's last)")
-flags.DEFINE_string("target", "cpu-1", "plan: what to compile for: a TPU slice (v5e-8, v5e-256, v5p-8, v6e-8, v4-8, "
+flags.DEFINE_string("target", None, "plan: what to compile for: a TPU slice (v5e-8, v5e-256, v5p-8, v6e-8, v4-8, "
                     "v5e-1, v5e-4), a GPU node (h100x8, h100x4, h100x1, a100-80x8, a100-40x1, l4x1) or cpu-N")
 flags.DEFINE_string("json", None, "plan: also write the plan as JSON to this path")
 flags.DEFINE_integer("loss_cap", None, "plan: the head's positions per row (default: the prepared data's in "
@@ -38,7 +38,9 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required")
   if command == "plan":
-    from hinqa_jax import pipeline, plan
+    from hinqa_jax import pipeline, plan, targets
+    if not FLAGS.target:
+      raise app.UsageError(f"plan needs --target=NAME: {', '.join(targets.TARGETS)} or cpu-N (N fake CPU devices)")
     loss_cap = FLAGS.loss_cap
     if loss_cap is None and FLAGS.workdir:
       loss_cap = pipeline.prepared_loss_cap(config, FLAGS.workdir)

@@ -86,7 +86,20 @@ def _without_missing_weights(config):
   return config, f"{path} has no config.json here: planned with the shapes of preset {config.model.preset}"
 
 
-def _memory(compiled) -> dict[str, int]:
+def _compile(lowered):
+  """(compiled, None), or (None, the compiler's message) when it refuses a program too big for the device:
+  the TPU compiler stops there, where XLA:GPU compiles and reports the bytes."""
+  try:
+    return lowered.compile(), None
+  except jax.errors.JaxRuntimeError as err:
+    if "RESOURCE_EXHAUSTED" not in str(err):
+      raise
+    return None, str(err).strip().splitlines()[0]
+
+
+def _memory(compiled) -> dict[str, int | None]:
+  if compiled is None:
+    return dict.fromkeys(("arguments", "outputs", "aliased", "temp", "code", "total"))
   mem = compiled.memory_analysis()
   out = {"arguments": int(mem.argument_size_in_bytes), "outputs": int(mem.output_size_in_bytes),
          "aliased": int(mem.alias_size_in_bytes), "temp": int(mem.temp_size_in_bytes),
@@ -96,7 +109,9 @@ def _memory(compiled) -> dict[str, int]:
   return out
 
 
-def _fit(target: targets.Target, total: int) -> dict:
+def _fit(target: targets.Target, total: int | None, error: str | None = None) -> dict:
+  if error:
+    return {"fits": False, "memory": target.memory, "used": None, "compiler": error}
   if not target.memory:
     return {"fits": None, "memory": 0, "used": None}
   return {"fits": total <= target.memory, "memory": target.memory, "used": total / target.memory}
@@ -142,11 +157,12 @@ def plan(config, target: str | targets.Target = "cpu-1", *, loss_cap: int | None
   specs = train.batch_spec(config, config.data.seq_len)
   step = train.jit_step(config, cfg, lcfg, mode, mesh, state_sh, base_sh, optimizer, schedule, loss_cap)
   tick = time.perf_counter()
-  compiled = step.lower(sharding.like_tree(abstract, state_sh),
-                        sharding.like_tree(base, base_sh) if mode == "lora" else None,
-                        {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh) for k, v in specs.items()}).compile()
+  compiled, error = _compile(step.lower(sharding.like_tree(abstract, state_sh),
+                                        sharding.like_tree(base, base_sh) if mode == "lora" else None,
+                                        {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
+                                         for k, v in specs.items()}))
   compile_s = time.perf_counter() - tick
-  text = compiled.as_text()
+  text = compiled.as_text() if compiled is not None else ""
 
   n = len(devs)
   per_device = {"base": _shard_bytes(base, base_sh) if mode == "lora" else 0,
@@ -159,7 +175,7 @@ def plan(config, target: str | targets.Target = "cpu-1", *, loss_cap: int | None
   # Pallas kernels are opaque custom calls to the HLO: their attention FLOPs come from the formula.
   fused_attention = any(k in kernels for k in ("tpu_custom_call", "__gpu$xla.gpu.triton"))
   attention_share = (flops["attention"] * (1 + (cfg.remat != "none") / 3)) / n if fused_attention else 0.0
-  step_flops = compiled_flops + attention_share
+  step_flops = compiled_flops + attention_share if compiled is not None else (flops["model"] + flops["recompute"]) / n
   # HBM traffic per step, at least: every layer's weights (gathered) read once per pass (forward,
   # backward, remat's second forward) and the trainable state and optimizer read and written.
   weight_bytes = _nbytes({k: v for k, v in base.items() if k != "embed_tokens"}) if mode == "lora" else 0
@@ -179,7 +195,7 @@ def plan(config, target: str | targets.Target = "cpu-1", *, loss_cap: int | None
       "unique_bytes": {"base": _nbytes(base) if mode == "lora" else 0, "trainable": _nbytes(abstract["trainable"]),
                        "optimizer": _nbytes(abstract["opt_state"])},
       "per_device": per_device,
-      "fit": _fit(target, per_device["total"]),
+      "fit": _fit(target, per_device["total"], error),
       "kernels": kernels,
       "attention_kernel": _attention_kernel(kernels),
       "flops": {"compiled_matmul_per_device": compiled_flops, "kernel_attention_per_device": attention_share,
@@ -193,6 +209,8 @@ def plan(config, target: str | targets.Target = "cpu-1", *, loss_cap: int | None
 
 def _attention_kernel(kernels: dict[str, list[str]]) -> str:
   """What the attention compiled to: the Pallas kernel's names, else "XLA (no fused kernel)"."""
+  if not kernels:
+    return "not compiled (does not fit)"
   for call in ("tpu_custom_call", "__gpu$xla.gpu.triton"):
     names = [k for k in kernels.get(call, []) if "mha" in k or "attention" in k or "splash" in k]
     if names:
@@ -241,23 +259,28 @@ def plan_eval(config, target: str | targets.Target = "cpu-1", devices: int | Non
       jax.eval_shape(lambda: key), cache, max_new_tokens=new, temperature=0.0, top_k=0, top_p=1.0,
       mesh=mesh if split else None, platform=platform)  # rows split: the prefill keeps them split
   tick = time.perf_counter()
-  compiled = lowered.compile()
+  compiled, error = _compile(lowered)
   compile_s = time.perf_counter() - tick
   per_device = {**_memory(compiled), "weights": _shard_bytes(base, jax.tree.map(lambda x: x.sharding, base)),
                 "cache": _shard_bytes(cache, jax.tree.map(lambda x: cache_sh, cache))}
-  text = compiled.as_text()
+  text = compiled.as_text() if compiled is not None else ""
   kernels = hlo.kernels(text)
   return {**({"hlo": text} if hlo_text else {}), "devices": n, "rows": rows, "batch_size": e.batch_size, "prompt_len": prompt, "max_new_tokens": new,
-          "compile_s": compile_s, "per_device": per_device, "note": note, "fit": _fit(target, per_device["total"]),
+          "compile_s": compile_s, "per_device": per_device, "note": note, "fit": _fit(target, per_device["total"], error),
           "kernels": kernels, "attention_kernel": _attention_kernel(kernels)}
 
 
 # ----------------------------------------------------------------------------- the report
-def _gb(x: float) -> str:
+def _gb(x: float | None) -> str:
+  if x is None:
+    return "n/a"
   return f"{x / 1e9:.2f} GB" if x >= 1e9 or x == 0 else f"{x / 1e6:.2f} MB"
 
 
-def _fit_line(fit: dict, total: int, target: dict) -> str:
+def _fit_line(fit: dict, total: int | None, target: dict) -> str:
+  if fit.get("compiler"):
+    return (f"  does NOT fit one {target['device_kind']} ({fit['memory'] / GiB:.1f} GiB): the compiler stops: "
+            f"{fit['compiler']}")
   if fit["fits"] is None:
     return f"  fits: not judged ({target['name']} is XLA:CPU; plan with --target=<TPU or GPU> for a fit)"
   verdict = "fits" if fit["fits"] else "does NOT fit"
@@ -303,8 +326,9 @@ def report(p: dict) -> str:
                      ("optimizer state", "optimizer"), ("batch", "batch")]:
     uniq = _gb(p["unique_bytes"][key]) if key in p["unique_bytes"] else ""
     lines.append(f"{label:32}{_gb(pd[key]):>14}{_gb(pd[key] * n):>14}{uniq:>14}")
-  lines.append(f"{'activations and temporaries':32}{_gb(pd['temp']):>14}{_gb(pd['temp'] * n):>14}")
-  lines.append(f"{'compiled total':32}{_gb(pd['total']):>14}{_gb(pd['total'] * n):>14}")
+  times_n = lambda x: None if x is None else x * n  # noqa: E731
+  lines.append(f"{'activations and temporaries':32}{_gb(pd['temp']):>14}{_gb(times_n(pd['temp'])):>14}")
+  lines.append(f"{'compiled total':32}{_gb(pd['total']):>14}{_gb(times_n(pd['total'])):>14}")
   lines.append(f"  (compiled: arguments {_gb(pd['arguments'])} + outputs {_gb(pd['outputs'])} - donated "
                f"{_gb(pd['aliased'])} + temp {_gb(pd['temp'])} + code {_gb(pd['code'])})")
   lines.append(_fit_line(p["fit"], pd["total"], tg))

@@ -128,3 +128,9 @@ def test_plan_needs_no_weights_on_this_machine(tmp_path):
   c.model.preset = "tiny"  # the default: nothing names the shapes
   with pytest.raises(ValueError, match="--config.model.preset=llama3_8b"):
     plan.plan(c, "cpu-1")
+
+
+def test_plan_without_a_target_names_the_targets():
+  out = subprocess.run([sys.executable, "-m", "hinqa_jax", "plan", "--config=configs/tiny.py"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "plan needs --target=NAME: v5e-1" in out.stderr and "cpu-N" in out.stderr

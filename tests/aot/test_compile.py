@@ -63,7 +63,10 @@ def test_train_step_compiles_with_the_target_kernel(target, mesh, mode):
   assert p["fit"]["fits"] and pd["total"] < targets.get(target).memory
   f = p["flops"]
   total = 4 * f["per_device"]
-  assert f["analytic_model"] < total <= f["analytic_model"] + f["analytic_recompute"]
+  # The TPU compiler writes some gathers (the loss's label pick, over the vocabulary padded to 131,072) as
+  # one-hot matmuls: up to 1.3% more products than the model has on the fsdp mesh. XLA:GPU adds none.
+  slack = {"tpu": 1.02, "gpu": 1.0}[platform]
+  assert f["analytic_model"] < total <= slack * (f["analytic_model"] + f["analytic_recompute"])
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -72,13 +75,17 @@ def test_compiled_matmul_flops_equal_the_formula_without_remat(target):
   are read off the loop condition) are exactly the analytic count less the attention inside the kernel."""
   p = plan.plan(_config((1, 4, 1), remat="none", seq=256), target, evaluation=False)
   f = p["flops"]
+  # XLA:GPU: exact. libtpu adds the label pick as a one-hot matmul, 2 x rows x positions x 131,072 (0.02%).
+  rel = {"tpu": 1e-3, "gpu": 1e-9}[p["platform"]]
   assert 4 * f["compiled_matmul_per_device"] == pytest.approx(f["analytic_model"] - 4 * f["kernel_attention_per_device"],
-                                                               rel=1e-9)
+                                                               rel=rel)
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_loss_only_head_never_forms_full_logits(target):
-  """With the data's loss_cap the head runs on [B, cap, V] only; without it, on [B, chunk, V] chunks of all T."""
+  """With the data's loss_cap the head runs on [B, cap, V] only; without it, on [B, chunk, V] chunks of all T.
+  (Its memory is not always lower: on TPU at these shapes the capped step's temporaries are 0.8 GB above the
+  chunked one's, see the README; its FLOPs are.)"""
   def widest_logits(p):
     sizes = [math.prod(int(x) for x in m.split(",")) for m in re.findall(r"f32\[([0-9,]*128256[0-9,]*)\]", p["hlo"])]
     return max(sizes) // 128256
@@ -87,7 +94,7 @@ def test_loss_only_head_never_forms_full_logits(target):
   full = plan.plan(_config(), target, evaluation=False, hlo_text=True)
   rows = 8 // 4  # rows per device (fsdp 4)
   assert widest_logits(capped) <= rows * 64 < widest_logits(full) <= rows * SEQ
-  assert capped["per_device"]["temp"] < full["per_device"]["temp"]
+  assert capped["flops"]["compiled_matmul_per_device"] < full["flops"]["compiled_matmul_per_device"]
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -153,3 +160,14 @@ def test_gpu_target_texts_agree_with_the_target_table(name):
   assert int(re.search(r"device_memory_size: (\d+)", text).group(1)) == t.memory
   bandwidth = int(re.search(r"memory_bandwidth: (\d+)", text).group(1))
   assert abs(bandwidth - t.hbm_bandwidth) <= 0.01 * t.hbm_bandwidth
+
+
+def test_a_step_too_big_for_the_device_is_a_does_not_fit_not_a_crash():
+  """libtpu refuses to compile a program whose buffers exceed HBM: the plan says so, with the compiler's words.
+  Full fine-tuning of a 4-layer slice: its bf16 weights, gradients and AdamW moments are 15.4 GB, HBM 16 GiB."""
+  c = _config((1, 1, 1), mode="full", batch=4)
+  c.model.n_layers = 4
+  p = plan.plan(c, "v5e-1", evaluation=False)
+  assert p["fit"]["fits"] is False and "RESOURCE_EXHAUSTED" in p["fit"]["compiler"]
+  assert p["per_device"]["total"] is None and p["attention_kernel"].startswith("not compiled")
+  assert "does NOT fit one TPU v5 lite" in plan.report(p)
