@@ -75,7 +75,8 @@ def main() -> None:
     target = targets.get(name)
     c = config.copy_and_resolve_references()
     c.train.batch_size = max(target.devices, c.train.batch_size // target.devices * target.devices)
-    p = plan.plan(c, target)
+    p = plan.plan(c, target, evaluation=False)
+    p["eval"] = [plan.plan_eval(c, target)]  # on all the target's devices (the 1-device plan: `plan`)
     best = largest_batch(c, target, p) if not args.no_search else {"batch": None, "total": None, "compiles": 0}
     ev = p["eval"][-1]
     est = p["estimate"] or {"step_s": float("nan"), "tokens_per_s": float("nan")}

@@ -72,6 +72,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.synth.samples_per_context = 1  # prompts per context (different examples and seed each)
   c.synth.max_contexts = 0  # 0 = all contexts; else the first N (before sharding)
   c.synth.retry_failed = True  # a rerun retries units whose generation failed (not garbage/too long)
+  c.synth.max_failure_rate = 0.5  # a teacher whose requests failed more often this run stops it with an error
+  c.synth.allow_empty = False  # True: a teacher with no pair, and curating none, are reported, not errors
   c.synth.progress = True  # tqdm progress bars
 
   c.curate = ml_collections.ConfigDict()

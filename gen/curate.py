@@ -378,6 +378,10 @@ def curate(config: Any, *, judge_backends: Mapping[str, backends_lib.Backend] | 
     for j in sorted(set(judges.values()) - set(judge_backends)):
       judge_backends[j] = backends_lib.make_backend(config.teachers[j], j)
   batch = min((int(config.teachers[j].batch_size) for j in set(judges.values()) if j in config.teachers), default=16)
+  if not synthetic and not dry_run and not config.synth.allow_empty:  # M2/M3 would train on nothing
+    found = sorted(os.path.basename(p) for ps in files.values() for p in ps)
+    raise ValueError(f"curate: no synthetic pair in {config.out_dir} (teacher files: {found or 'none'}); run "
+                     f"`python -m gen synthesize` first, or see its summary: its teachers wrote none")
   with cfg.unlocked() if dry_run else contextlib.nullcontext():
     if dry_run:
       cfg.judge.enabled = False  # a dry run asks no judge

@@ -267,6 +267,19 @@ def _run_teacher(config: Any, name: str, contexts: list[Context], shard: tuple[i
   return summary
 
 
+def _teacher_problem(name: str, summary: dict, max_failure_rate: float, allow_empty: bool) -> str | None:
+  """Why a teacher's run is an error: it never answered, or it failed too often this run."""
+  this = summary["this_run"]
+  attempted = sum(this[s] for s in STATUSES)
+  done_path = summary["output"].removesuffix(".jsonl") + ".done.jsonl"
+  if attempted and this["failed"] / attempted > max_failure_rate:
+    return (f"teacher {name!r}: {this['failed']} of {attempted} requests failed this run (more than "
+            f"synth.max_failure_rate={max_failure_rate}); errors are in {done_path}; a rerun retries them")
+  if summary["units"] and not summary["pairs"] and not allow_empty:
+    return f"teacher {name!r}: no pair from {summary['units']} prompts (statuses {summary['status']}); see {done_path}"
+  return None
+
+
 def synthesize(config: Any, shard: tuple[int, int] | str = (0, 1), *, records: Iterable[Any] | None = None,
                backends: Mapping[str, backends_lib.Backend] | None = None) -> dict:
   """Run every teacher on this shard's contexts; returns (and writes) a summary of counts.
@@ -288,4 +301,10 @@ def synthesize(config: Any, shard: tuple[int, int] | str = (0, 1), *, records: I
   suffix = "" if shard[1] == 1 else f".shard-{shard[0]}-of-{shard[1]}"
   write_atomic(os.path.join(config.out_dir, f"summary{suffix}.json"),
                json.dumps(summary, ensure_ascii=False, indent=1, sort_keys=True))
+  # Every teacher ran and every output and summary is saved (a rerun resumes); then a teacher that wrote
+  # nothing, or failed too often, is an error: curating and training on nothing would look like success.
+  problems = [p for n in names if (p := _teacher_problem(n, summary["teachers"][n], config.synth.max_failure_rate,
+                                                         config.synth.allow_empty))]
+  if problems:
+    raise RuntimeError("; ".join(problems))
   return summary

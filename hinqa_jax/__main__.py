@@ -17,6 +17,7 @@ COMMANDS = ("run", "prepare", "train", "evaluate", "export", "convert", "plan")
 config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for everything the run writes")
 flags.DEFINE_string("hf_dir", None, "convert: a HF LLaMA directory to import; export: output dir override")
+flags.DEFINE_bool("overwrite", False, "export: replace merged/ and peft/ in an --hf_dir that already has them")
 flags.DEFINE_string("stage", None, "evaluate/export: which stage's adapters (default: the config's last)")
 flags.DEFINE_string("target", None, "plan: what to compile for: a TPU slice (v5e-8, v5e-256, v5p-8, v6e-8, v4-8, "
                     "v5e-1, v5e-4), a GPU node (h100x8, h100x4, h100x1, a100-80x8, a100-40x1, l4x1) or cpu-N")
@@ -37,6 +38,11 @@ def main(argv):
     hostmem.keep_freed_memory()
   if config is None:
     raise app.UsageError("--config is required")
+  from hinqa_jax.config import check
+  try:
+    check(config)
+  except ValueError as err:
+    raise app.UsageError(str(err)) from None
   if command == "plan":
     from hinqa_jax import pipeline, plan, targets
     if not FLAGS.target:
@@ -65,7 +71,7 @@ def main(argv):
   elif command == "evaluate":
     result = pipeline.evaluate(config, FLAGS.workdir, stage=FLAGS.stage)
   elif command == "export":
-    result = pipeline.export(config, FLAGS.workdir, stage=FLAGS.stage, out_dir=FLAGS.hf_dir)
+    result = pipeline.export(config, FLAGS.workdir, stage=FLAGS.stage, out_dir=FLAGS.hf_dir, overwrite=FLAGS.overwrite)
   else:
     result = pipeline.convert(config, FLAGS.workdir, hf_dir=FLAGS.hf_dir)
   if result is not None and distributed.is_main():

@@ -104,6 +104,53 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+# (key, test, what it must be): checked by `check` before any command does work.
+_RULES = (
+    ("model.dtype", lambda v: v in ("float32", "bfloat16"), "float32 or bfloat16"),
+    ("model.param_dtype", lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
+    ("model.vocab_size", lambda v: v >= 0, ">= 0"),
+    ("model.n_layers", lambda v: v >= 0, ">= 0"),
+    ("data.seq_len", lambda v: v >= 2, ">= 2"),
+    ("lora.rank", lambda v: v >= 1, ">= 1"),
+    ("lora.alpha", lambda v: v > 0, "> 0"),
+    ("lora.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train.mode", lambda v: v in ("lora", "full"), "lora or full"),
+    ("train.num_steps", lambda v: v >= 1, ">= 1"),
+    ("train.num_epochs", lambda v: v >= 0, ">= 0"),
+    ("train.batch_size", lambda v: v >= 1, ">= 1"),
+    ("train.grad_accum", lambda v: v >= 1, ">= 1"),
+    ("train.learning_rate", lambda v: v > 0, "> 0"),
+    ("train.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("train.min_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("train.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("train.clip_norm", lambda v: v > 0, "> 0"),
+    ("train.log_every", lambda v: v >= 1, ">= 1"),
+    ("train.eval_every_steps", lambda v: v >= 0, ">= 0"),
+    ("checkpoint.every_steps", lambda v: v >= 1, ">= 1"),
+    ("checkpoint.keep", lambda v: v >= 1, ">= 1"),
+    ("pretrain.steps", lambda v: v >= 0, ">= 0"),
+    ("pretrain.batch_size", lambda v: v >= 1, ">= 1"),
+    ("run.stage2_steps", lambda v: v >= 0, ">= 0"),
+    ("eval.max_new_tokens", lambda v: v >= 1, ">= 1"),
+    ("eval.batch_size", lambda v: v >= 1, ">= 1"),
+    ("eval.max_examples", lambda v: v >= 0, ">= 0"),
+)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Every value `_RULES` names is in range, or a ValueError naming each key, its value and the rule (all at
+  once): a bad --config.key=value stops before anything is compiled or written."""
+  bad = []
+  for dotted, ok, rule in _RULES:
+    node = config
+    for key in dotted.split("."):
+      node = node[key]
+    if not ok(node):
+      bad.append(f"--config.{dotted}={node!r} must be {rule}")
+  if bad:
+    raise ValueError("bad config: " + "; ".join(bad))
+
+
 def vatika_llama3_8b(experiments: tuple[str, ...]) -> ml_collections.ConfigDict:
   """The real experiment: Llama-3.1-8B (local HF dir), the VATIKA files, curated vLLM-teacher data.
 

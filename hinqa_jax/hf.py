@@ -7,6 +7,7 @@ before a byte of weights is read.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from hinqa_jax import distributed, model as model_lib
@@ -110,18 +111,37 @@ def _expected_tensors(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tupl
   return out
 
 
+def _read_json(path: Path) -> dict:
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+@contextlib.contextmanager
+def _open_safetensors(f: Path):
+  """safe_open, with a damaged file (truncated, bad header) named in the error."""
+  try:
+    with safe_open(f, "numpy") as st:
+      yield st
+  except SafetensorError as err:
+    raise ValueError(f"{f}: unreadable safetensors file ({err}); is it complete?") from None
+
+
 def _weight_files(path: Path) -> dict[str, Path]:
   """Tensor name -> safetensors file, from the index when sharded."""
   index = path / "model.safetensors.index.json"
   if index.exists():
-    weight_map = json.loads(index.read_text())["weight_map"]
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+      raise ValueError(f"{index}: no weight_map")
     return {name: path / f for name, f in weight_map.items()}
   files = sorted(path.glob("*.safetensors"))
   if not files:
     raise ValueError(f"{path}: no *.safetensors weights (and no model.safetensors.index.json)")
   names = {}
   for f in files:
-    with safe_open(f, "numpy") as st:
+    with _open_safetensors(f) as st:
       names.update({k: f for k in st.keys()})
   return names
 
@@ -130,7 +150,7 @@ def read_config(path: str | os.PathLike, param_dtype: str | None = None) -> Mode
   cfg_file = Path(path) / "config.json"
   if not cfg_file.exists():
     raise ValueError(f"{path}: no config.json (is this a Hugging Face model directory?)")
-  return config_from_hf(json.loads(cfg_file.read_text()), source=str(cfg_file), param_dtype=param_dtype)
+  return config_from_hf(_read_json(cfg_file), source=str(cfg_file), param_dtype=param_dtype)
 
 
 def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
@@ -156,7 +176,7 @@ def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
   for f, names in by_file.items():  # shapes checked for every tensor before any is read
     if not f.exists():
       raise ValueError(f"{f}: listed in model.safetensors.index.json but missing")
-    with safe_open(f, "numpy") as st:
+    with _open_safetensors(f) as st:
       for name in names:
         shape = tuple(st.get_slice(name).get_shape())
         if shape != expected[name][0]:
@@ -177,7 +197,7 @@ def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
     The file is memory-mapped for this one read: the pages a read touches (all of the tensor's when the
     slice is across its rows) count in the process's resident memory until they are unmapped.
     """
-    with safe_open(files[name], "numpy") as st:
+    with _open_safetensors(files[name]) as st:
       block = st.get_slice(name)[index[::-1] if transpose else index]
     return (block.T if transpose else block).astype(np_dtype, copy=False)
 

@@ -157,6 +157,7 @@ def _synthetic(config, workdir: Path) -> list[str]:
   tok = load_tokenizer(config.tokenizer.path)
   with gen_cfg.unlocked():
     gen_cfg.out_dir = str(workdir / "gen")
+    gen_cfg.synth.allow_empty = True  # tiny CPU teachers may write nothing: M2/M3 then say "not run"
     gen_cfg.data.train = tuple(config.data.train)
     for split in ("val", "test1", "test2"):
       gen_cfg.data[split] = config.data[split]
@@ -289,11 +290,14 @@ def evaluate(config, workdir: str | os.PathLike, stage: str | None = None, *, ou
                                    template=config.data.template, max_prompt_tokens=config.data.seq_len)
 
 
-def export(config, workdir: str | os.PathLike, stage: str | None = None, out_dir=None, mesh=None) -> dict:
+def export(config, workdir: str | os.PathLike, stage: str | None = None, out_dir=None, mesh=None,
+           overwrite: bool = False) -> dict:
   """Merged HF weights and a PEFT adapter of a stage, with the tokenizer; rank/alpha/targets from the checkpoint.
 
   Every process calls it on the mesh of config.mesh; weights are gathered tensor by tensor and written by
-  process 0 (hf.save_hf)."""
+  process 0 (hf.save_hf). out_dir (default WORKDIR/export/<stage>, the run's own, replaced on a re-export):
+  a directory of the user's whose merged/ or peft/ already holds files is refused unless `overwrite`,
+  before any work, so nothing of theirs is deleted."""
   import dataclasses
 
   from hinqa_jax import evaluate as evaluate_lib, hf
@@ -302,6 +306,11 @@ def export(config, workdir: str | os.PathLike, stage: str | None = None, out_dir
   config = _made_here(config, workdir)
   stage = stage or config.train.stage
   out = Path(out_dir or workdir / "export" / stage)
+  if out_dir and not overwrite:
+    taken = [str(d) for d in (out / "merged", out / "peft") if d.exists() and any(d.iterdir())]
+    if taken:
+      raise FileExistsError(f"export: {' and '.join(taken)} already hold files; choose another --hf_dir or pass "
+                            f"--overwrite to replace them")
   mesh = mesh or make_mesh(config)
   cfg, params, adapters, lcfg = evaluate_lib.load_stage(config, workdir, stage, mesh,
                                                        len(load_tokenizer(config.tokenizer.path)))

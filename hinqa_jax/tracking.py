@@ -2,8 +2,29 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _parse(path: Path) -> list[dict]:
+  """The records of a metrics.jsonl. A torn last line (a kill or a full disk mid-write) is dropped with a
+  warning naming the file; a bad line before the last is an error naming the file and the line."""
+  lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+  records = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError as err:
+      if i == len(lines) - 1:
+        log.warning("%s: dropped a torn last line (%d characters: %s)", path, len(line), err)
+        continue
+      raise ValueError(f"{path}: line {i + 1} is not JSON ({err})") from None
+  return records
 
 
 class MetricsWriter:
@@ -16,10 +37,9 @@ class MetricsWriter:
     if not enabled:
       return
     if self.path.exists():
-      kept = [line for line in self.path.read_text().splitlines()
-              if line.strip() and json.loads(line)["step"] <= resume_step]
-      tmp = self.path.with_suffix(".jsonl.tmp")
-      tmp.write_text("".join(line + "\n" for line in kept))
+      kept = [r for r in _parse(self.path) if r["step"] <= resume_step]
+      tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+      tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
       os.replace(tmp, self.path)
     try:
       from tensorboardX import SummaryWriter
@@ -48,4 +68,4 @@ def read_metrics(stage_dir: str | os.PathLike) -> list[dict]:
   path = Path(stage_dir) / "metrics.jsonl"
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return _parse(path)

@@ -37,6 +37,19 @@ def test_train_one_step_then_resume_to_two_then_evaluate_and_export(tmp_path):
   cfg = json.load(open(os.path.join(w, "export", "train", "peft", "adapter_config.json")))
   assert cfg["r"] == 16 and cfg["lora_alpha"] == 32.0  # read from the checkpoint, not re-typed
 
+  # A user's directory that already holds an export (and a file of theirs): refused, nothing deleted;
+  # --overwrite replaces the export.
+  mine = tmp_path / "mine"
+  (mine / "merged").mkdir(parents=True)
+  (mine / "merged" / "notes.txt").write_text("keep me")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+  refused = subprocess.run([sys.executable, "-m", "hinqa_jax", "export", *common, f"--hf_dir={mine}"], cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=600)
+  assert refused.returncode != 0 and "already hold files" in refused.stderr and "--overwrite" in refused.stderr
+  assert (mine / "merged" / "notes.txt").read_text() == "keep me" and not (mine / "peft").exists()
+  _cli("export", *common, f"--hf_dir={mine}", "--overwrite")
+  assert (mine / "merged" / "config.json").exists() and (mine / "peft" / "adapter_config.json").exists()
+
 
 def test_typo_in_override_is_an_error(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -44,3 +57,17 @@ def test_typo_in_override_is_an_error(tmp_path):
                         f"--workdir={tmp_path}", "--config.train.num_stepz=3"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and "num_stepz" in out.stderr
+
+
+def test_bad_config_values_stop_before_any_work(tmp_path):
+  """batch_size=0 used to train 20 steps of nothing, num_steps=-3 blamed a checkpoint that did not exist, and
+  float64 ran as float32: each is now named, all at once, before anything is compiled or written."""
+  w = tmp_path / "w"
+  out = subprocess.run([sys.executable, "-m", "hinqa_jax", "train", "--config=configs/tiny.py", f"--workdir={w}",
+                        "--config.train.batch_size=0", "--config.train.num_steps=-3", "--config.model.dtype=float64"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode != 0
+  for part in ("--config.train.batch_size=0 must be >= 1", "--config.train.num_steps=-3 must be >= 1",
+               "--config.model.dtype='float64' must be float32 or bfloat16"):
+    assert part in out.stderr, out.stderr[-2000:]
+  assert not w.exists()

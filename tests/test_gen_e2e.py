@@ -7,6 +7,8 @@ skip and count a context longer than its window, and decode greedily the same wa
 import json
 import os
 
+import pytest
+
 import gen
 from gen import backends, prompts
 from gen.synthesize import context_id
@@ -87,7 +89,11 @@ def test_synthesize_with_jax_engine_then_curate_and_read_back(tmp_path):
   model_dir = tmp_path / "tiny_hf"
   tiny_checkpoint(model_dir)
   c = make_config(tmp_path, model_dir, "run1")
-  summary = gen.synthesize(c, backends={"scripted": Scripted()})  # student built from its config
+  # The student (random weights, built from its config) writes only garbage: the run is an error naming it,
+  # after every output and summary is written.
+  with pytest.raises(RuntimeError, match=r"teacher 'student': no pair from 3 prompts"):
+    gen.synthesize(c, backends={"scripted": Scripted()})
+  summary = json.load(open(os.path.join(c.out_dir, "summary.json"), encoding="utf-8"))
   student = summary["teachers"]["student"]
   assert summary["contexts"] == 3 and student["units"] == 3
   assert student["status"]["too_long"] == 1 and student["status"]["failed"] == 0
@@ -99,7 +105,8 @@ def test_synthesize_with_jax_engine_then_curate_and_read_back(tmp_path):
 
   # greedy decoding through the real engine is reproducible: a second run writes the same bytes
   c2 = make_config(tmp_path, model_dir, "run2")
-  gen.synthesize(c2, backends={"scripted": Scripted()})
+  with pytest.raises(RuntimeError, match="no pair"):
+    gen.synthesize(c2, backends={"scripted": Scripted()})
   for name in ("student.jsonl", "student.done.jsonl", "scripted.jsonl"):
     with open(os.path.join(c.out_dir, name), "rb") as a, open(os.path.join(c2.out_dir, name), "rb") as b:
       assert a.read() == b.read(), name

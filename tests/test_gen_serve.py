@@ -74,7 +74,9 @@ def test_synthesize_through_transformers_serve(server, tmp_path):
   c.prompt.show_existing = False
   c.synth.max_contexts = 3
   c.synth.progress = False
-  summary = gen.synthesize(c)["teachers"]["served"]
+  with pytest.raises(RuntimeError, match="teacher 'served': no pair from 3 prompts"):  # saved, then an error
+    gen.synthesize(c)
+  summary = json.load(open(os.path.join(c.out_dir, "summary.json"), encoding="utf-8"))["teachers"]["served"]
   stats = summary["backend_stats"]
   # one request and one 200 response per unit; nothing retried, failed or too long
   assert summary["units"] == 3 and sum(summary["status"].values()) == 3
@@ -88,3 +90,6 @@ def test_synthesize_through_transformers_serve(server, tmp_path):
   assert summary["status"]["garbage"] == 3 and summary["pairs"] == 0 and all(e["raw"] for e in done)
   report = gen.curate(c, originals=[], heldout={}, dry_run=True)
   assert report["parse"]["served"]["truncated_outputs"] == 3 and report["totals"]["input"] == 0
+  with pytest.raises(ValueError, match=r"curate: no synthetic pair in .*served.jsonl"):  # M2 would train on nothing
+    gen.curate(c, originals=[], heldout={})
+  assert not os.path.exists(os.path.join(c.out_dir, "curated", "synthetic.jsonl"))

@@ -243,3 +243,22 @@ def test_finish_reason_in_provenance_and_truncations_counted(tmp_path):
   assert cut["dropped"].get("truncated") == 1  # the cut-off last item is counted, not silently lost
   report = gen.curate(c, originals=make_records(2), heldout={})
   assert report["parse"]["llama"]["truncated_outputs"] == 1 and report["parse"]["llama"]["dropped_truncated"] == 1
+
+
+def test_a_teacher_that_fails_too_often_or_writes_nothing_is_an_error(tmp_path):
+  """4 of 6 requests 503: over synth.max_failure_rate (0.5), the run stops with an error naming the teacher,
+  after its pairs and journal are written; at a higher threshold it goes on. A teacher that writes no pair
+  at all is an error too; synth.allow_empty (the CPU demo's stand-ins) reports it instead."""
+  records = make_records(6)
+  failing = {i: "fail" for i in range(4)}
+  c = config(tmp_path)
+  with pytest.raises(RuntimeError, match=r"teacher 'llama': 4 of 6 requests failed this run .*max_failure_rate=0.5"):
+    gen.synthesize(c, records=records, backends={"llama": Scripted(behaviour=failing)})
+  assert len(read_jsonl(os.path.join(c.out_dir, "llama.jsonl"))) == 4  # the two good units' pairs are kept
+  c = config(tmp_path / "lenient", max_failure_rate=0.7)
+  assert gen.synthesize(c, records=records, backends={"llama": Scripted(behaviour=failing)})["teachers"]["llama"]["pairs"] == 4
+  silent = {i: "garbage" for i in range(6)}
+  with pytest.raises(RuntimeError, match=r"teacher 'llama': no pair from 6 prompts"):
+    gen.synthesize(config(tmp_path / "silent"), records=records, backends={"llama": Scripted(behaviour=silent)})
+  c = config(tmp_path / "allowed", allow_empty=True)
+  assert gen.synthesize(c, records=records, backends={"llama": Scripted(behaviour=silent)})["teachers"]["llama"]["pairs"] == 0

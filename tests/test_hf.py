@@ -81,9 +81,21 @@ def test_bad_directories_name_the_file_and_tensor(tmp_path):
   with pytest.raises(ValueError, match=r"model.safetensors: tensor model.layers.0.self_attn.k_proj.weight has shape \(3, 64\), expected \(32, 64\)"):
     hf.load_hf(d)
 
+  save_file(tensors, weights)  # a copy cut short, as an interrupted download leaves it
+  data = weights.read_bytes()
+  weights.write_bytes(data[: len(data) // 2])
+  with pytest.raises(ValueError, match=r"model.safetensors: unreadable safetensors file .*is it complete\?"):
+    hf.load_hf(d)
+
   weights.unlink()
   with pytest.raises(ValueError, match="no \\*.safetensors weights"):
     hf.load_hf(d)
+
+  good = (d / "config.json").read_text()
+  (d / "config.json").write_text(good[: len(good) // 2])
+  with pytest.raises(ValueError, match=r"config.json: not valid JSON"):
+    hf.read_config(d)
+  (d / "config.json").write_text(good)
 
   c = json.loads((d / "config.json").read_text())
   (d / "config.json").write_text(json.dumps({**c, "model_type": "mistral", "architectures": ["MistralForCausalLM"]}))
