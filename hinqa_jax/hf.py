@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from hinqa_jax import distributed, model as model_lib
+from hinqa_jax.tokenizer import load_tokenizer, stop_ids
 from hinqa_jax.model import ModelConfig, Params
 
 # Our path (stacked over layers when it starts with "layers") -> HF tensor name; HF Linear weights are [out, in],
@@ -70,6 +71,14 @@ def config_from_hf(hf: dict, *, source: str = "config.json", param_dtype: str | 
         dtype=dtype, param_dtype=dtype)
   except KeyError as e:
     raise ValueError(f"{source}: missing key {e.args[0]!r}") from None
+
+
+def with_tokens_of(cfg: ModelConfig, tokenizer) -> ModelConfig:
+  """cfg with bos, pad and the stop ids of a tokenizer (tokenizer.stop_ids: eos and Llama-3's end-of-turn
+  tokens), so plain `generate` on an export stops where the project's generation stops."""
+  bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+  return cfg.replace(bos_id=-1 if bos is None else int(bos), eos_ids=tuple(stop_ids(tokenizer)),
+                     pad_id=-1 if pad is None else int(pad))
 
 
 def config_to_hf(cfg: ModelConfig, dtype: str) -> dict:
@@ -287,6 +296,9 @@ def save_hf(out_dir: str | os.PathLike, cfg: ModelConfig, params: Params, *, ada
   process returns once it is there.
   """
   out_dir = Path(out_dir)
+  if tokenizer_dir is not None and any((Path(tokenizer_dir) / f).exists() for f in ("tokenizer.json",
+                                                                                    "tokenizer_config.json")):
+    cfg = with_tokens_of(cfg, load_tokenizer(tokenizer_dir))  # the shipped tokenizer's ids, not the preset's
   np_dtype = jnp.dtype(dtype or cfg.param_dtype)
   expected = _expected_tensors(cfg)
   host_adapters = None if adapters is None else jax.tree.map(distributed.to_host, adapters)
@@ -312,7 +324,8 @@ def save_hf(out_dir: str | os.PathLike, cfg: ModelConfig, params: Params, *, ada
             json.dumps({"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map}, indent=2))
       (tmp / "config.json").write_text(json.dumps(config_to_hf(cfg, str(np_dtype)), indent=2))
       gen = {"bos_token_id": cfg.bos_id if cfg.bos_id >= 0 else None,
-             "eos_token_id": list(cfg.eos_ids) if len(cfg.eos_ids) != 1 else cfg.eos_ids[0], "do_sample": False}
+             "eos_token_id": list(cfg.eos_ids) if len(cfg.eos_ids) != 1 else cfg.eos_ids[0],
+             "pad_token_id": cfg.pad_id if 0 <= cfg.pad_id < cfg.vocab_size else None, "do_sample": False}
       (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
       if tokenizer_dir is not None:
         for f in _TOKENIZER_FILES:

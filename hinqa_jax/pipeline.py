@@ -315,7 +315,10 @@ def export(config, workdir: str | os.PathLike, stage: str | None = None, out_dir
   cfg, params, adapters, lcfg = evaluate_lib.load_stage(config, workdir, stage, mesh,
                                                        len(load_tokenizer(config.tokenizer.path)))
   hf.save_hf(out / "merged", cfg, params, adapters=adapters, lora_cfg=lcfg, tokenizer_dir=config.tokenizer.path)
-  hf.save_peft(out / "peft", cfg, adapters, lcfg, base_model_name_or_path=config.model.hf_path or None)
+  base = config.model.hf_path or None  # a local base as an absolute path: the adapter loads from anywhere
+  if base and Path(base).is_dir():
+    base = str(Path(base).resolve())
+  hf.save_peft(out / "peft", cfg, adapters, lcfg, base_model_name_or_path=base)
   return {"merged": str(out / "merged"), "peft": str(out / "peft"),
           "lora": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(lcfg).items()}}
 

@@ -36,6 +36,17 @@ def test_train_one_step_then_resume_to_two_then_evaluate_and_export(tmp_path):
   _cli("export", *common)
   cfg = json.load(open(os.path.join(w, "export", "train", "peft", "adapter_config.json")))
   assert cfg["r"] == 16 and cfg["lora_alpha"] == 32.0  # read from the checkpoint, not re-typed
+  # The merged export's special tokens are the bundled tokenizer's (vocab 4096), not Llama-3.1's 128000+:
+  # transformers' plain generate stops at the ids evaluation stops at (<|eot_id|> included).
+  from transformers import AutoTokenizer, GenerationConfig
+  from hinqa_jax.tokenizer import stop_ids
+  merged = os.path.join(w, "export", "train", "merged")
+  tok = AutoTokenizer.from_pretrained(merged)
+  gen_cfg, hf_cfg = GenerationConfig.from_pretrained(merged), json.load(open(os.path.join(merged, "config.json")))
+  assert sorted(gen_cfg.eos_token_id) == sorted(hf_cfg["eos_token_id"]) == stop_ids(tok)
+  assert tok.convert_tokens_to_ids("<|eot_id|>") in gen_cfg.eos_token_id and max(gen_cfg.eos_token_id) < 4096
+  assert gen_cfg.bos_token_id == hf_cfg["bos_token_id"] == tok.bos_token_id
+  assert gen_cfg.pad_token_id == hf_cfg["pad_token_id"] == tok.pad_token_id
 
   # A user's directory that already holds an export (and a file of theirs): refused, nothing deleted;
   # --overwrite replaces the export.
