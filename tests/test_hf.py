@@ -1,5 +1,7 @@
 """HF checkpoints in and out: round trips through transformers, both config forms, clear errors on bad input."""
 import json
+import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -10,14 +12,17 @@ from safetensors.numpy import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from helpers import hf_logits, tiny_hf_model
-from hinqa_jax import hf, model
+from hinqa_jax import hf, model, tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_round_trip_through_transformers(tmp_path, tie):
   src, out = tmp_path / "src", tmp_path / "out"
-  m = tiny_hf_model(src, kv_heads=2, tie=tie)
-  (src / "tokenizer.json").write_text("{}")
+  m = tiny_hf_model(src, kv_heads=2, tie=tie, vocab=4096)  # the bundled tokenizer's vocabulary
+  for f in ("tokenizer.json", "tokenizer_config.json"):  # a real tokenizer, shipped with the export
+    shutil.copy(REPO / "data" / "tokenizer" / f, src / f)
   cfg, params = hf.load_hf(src)
   hf.save_hf(out, cfg, params, tokenizer_dir=src, max_shard_bytes=40_000)  # force several shards + index
   assert (out / "model.safetensors.index.json").exists() and (out / "tokenizer.json").exists()
@@ -30,7 +35,8 @@ def test_round_trip_through_transformers(tmp_path, tie):
   np.testing.assert_array_equal(hf_logits(reloaded, tokens), hf_logits(m, tokens))
   # ...and our reload of our own export is identical too.
   cfg2, params2 = hf.load_hf(out)
-  assert cfg2 == cfg
+  tok = tokenizer.load_tokenizer(src)  # the export's special tokens are its tokenizer's, all else the same
+  assert cfg2 == hf.with_tokens_of(cfg, tok) and cfg2.eos_ids == tuple(tokenizer.stop_ids(tok)) != cfg.eos_ids
   jax.tree.map(np.testing.assert_array_equal, params2, params)
 
 
