@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hinqa_jax import attention, decode, lora, model, plan, train  # noqa: E402
+from hinqa_jax import attention, decode, lora, model, plan, sharding, train  # noqa: E402
 from hinqa_jax.config import default_config  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def train_bench(cfg, batch: int, seq: int, rank: int, reps: int) -> dict:
 def attention_check(cfg, batch: int, seq: int) -> dict:
   """The backend's attention kernel against the blocked XLA path, values and gradients. On CPU the GPU
   kernel (Pallas Triton) runs in Pallas interpret mode instead."""
-  impl = attention.default_impl()
+  impl = attention.default_impl(sharding.platform())
   interpret = impl == "xla"
   impl = "triton" if interpret else impl
   dt = jnp.dtype(cfg.dtype)

@@ -18,14 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hinqa_jax import plan, targets  # noqa: E402
-from hinqa_jax.config import load  # noqa: E402
+from hinqa_jax.config import load, with_overrides  # noqa: E402
 from hinqa_jax.distributed import write_atomic  # noqa: E402
-
-
-def _with_batch(config, batch: int):
-  c = config.copy_and_resolve_references()
-  c.train.batch_size = batch
-  return c
 
 
 def largest_batch(config, target: targets.Target, first: dict) -> dict:
@@ -37,7 +31,7 @@ def largest_batch(config, target: targets.Target, first: dict) -> dict:
 
   def probe(batch: int) -> dict:
     if batch not in tried:
-      tried[batch] = plan.plan(_with_batch(config, batch), target, evaluation=False)
+      tried[batch] = plan.plan(with_overrides(config, **{"train.batch_size": batch}), target, evaluation=False)
     return tried[batch]
 
   fits = lambda b: bool(probe(b)["fit"]["fits"])  # noqa: E731
@@ -67,14 +61,14 @@ def main() -> None:
   ap.add_argument("--out", help="write every plan and the table as JSON here")
   ap.add_argument("--no_search", action="store_true", help="skip the largest-batch search (TPU compiles of 8B take minutes)")
   args = ap.parse_args()
-  config = load(args.config, {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)})
+  config = load(args.config, **{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)})
   config.model.hf_path = ""  # shapes only: the preset
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, -1, 1
   rows, plans = [], {}
   for name in args.targets.split(","):
     target = targets.get(name)
-    c = config.copy_and_resolve_references()
-    c.train.batch_size = max(target.devices, c.train.batch_size // target.devices * target.devices)
+    c = with_overrides(config, **{"train.batch_size": max(target.devices,
+                                                          config.train.batch_size // target.devices * target.devices)})
     p = plan.plan(c, target, evaluation=False)
     p["eval"] = [plan.plan_eval(c, target)]  # on all the target's devices (the 1-device plan: `plan`)
     best = largest_batch(c, target, p) if not args.no_search else {"batch": None, "total": None, "compiles": 0}

@@ -26,17 +26,17 @@ from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 from jax.experimental.pallas.ops.tpu import splash_attention as sa
 from jax.sharding import PartitionSpec as P
 
-from hinqa_jax.sharding import BATCH_AXES
+from hinqa_jax.sharding import BATCH_AXES, platform
 
 ATTN_BLOCK = 128  # query block of the XLA path
 IMPLS = ("xla", "triton", "splash")
 
 
-def default_impl(platform: str | None = None) -> str:
-  """The kernel for a device platform ("cpu", "gpu", "tpu"; default: JAX's default backend). Callers
-  pass the platform of the mesh the step is compiled for, which is not the process's backend when
-  compiling ahead of time for a TPU slice or a GPU node (`plan --target`)."""
-  return {"gpu": "triton", "cuda": "triton", "tpu": "splash"}.get(platform or jax.default_backend(), "xla")
+def default_impl(platform_name: str) -> str:
+  """The kernel for a device platform ("cpu", "gpu", "tpu"): that of the mesh the step is compiled for
+  (sharding.platform), which is not the process's backend when compiling ahead of time for a TPU slice
+  or a GPU node (`plan --target`)."""
+  return {"gpu": "triton", "cuda": "triton", "tpu": "splash"}.get(platform_name, "xla")
 
 
 def segment_mask(q_segment_bt, k_segment_bs):
@@ -48,12 +48,11 @@ def causal_attention(q_bthe, k_bske, v_bske, segment_ids_bt, *, impl: str | None
                      interpret: bool = False, remat_blocks: bool = False):
   """Attention output [B,T,H,E] in the compute dtype (softmax in float32), scale 1/sqrt(E).
 
-  impl: xla | triton | splash (default: default_impl() of the mesh's devices, else of the default
-  backend). mesh: the training mesh; the kernels run per shard inside it (a Pallas call cannot be
+  impl: xla | triton | splash (default: default_impl of sharding.platform(mesh)). mesh: the training mesh; the kernels run per shard inside it (a Pallas call cannot be
   partitioned by the compiler). interpret: run a kernel in Pallas interpret mode (CPU tests).
   remat_blocks: recompute each query block in its own backward (XLA path; see blocked_xla).
   """
-  impl = impl or default_impl(mesh.devices.flat[0].platform if mesh is not None else None)
+  impl = impl or default_impl(platform(mesh))
   if impl not in IMPLS:
     raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
   b, t, h, e = q_bthe.shape

@@ -246,7 +246,7 @@ def generate(cfg: ModelConfig, params: Params, prompts: Sequence[Sequence[int]],
     cache = init_cache(cfg, len(prompts), p + max_new_tokens)
   else:
     tokens, segments, cache = _on_mesh(mesh, cfg, tokens, segments, p + max_new_tokens)
-  platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+  platform = sharding.platform(mesh)
   out, n, _ = generate_fn(platform)(cfg, params, adapters, lora_cfg, tokens, segments,
                         jnp.asarray(stops, jnp.int32), jax.random.key(seed), cache, max_new_tokens=max_new_tokens,
                         temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), mesh=mesh,

@@ -12,22 +12,33 @@ _DEF_RE = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = [a-z0-9]+\[([0-9,]*)\]")
 _HEAD_RE = re.compile(r"^(ENTRY )?%?([\w.\-]+) \(.*\{\s*$")
 
 
-def _product_flops(line: str, shapes: dict[str, list[int]], out_size: int) -> float:
-  """2 * output size * contracted size of one dot, or of a convolution (how the TPU compiler writes a
-  dot: the contracted dimension is the lhs's `f` in dim_labels, over feature_group_count)."""
+def _product_flops(line: str, shapes: dict[str, list[int]], out_shape: list[int]) -> float:
+  """2 * multiply-adds of one dot, or of a convolution (how the TPU compiler writes a dot).
+
+  A convolution's contracted size is the lhs's `f` (over feature_group_count) times, per spatial
+  dimension, the window taps that land inside the input: the TPU compiler writes some batched dots as a
+  window of 2 over a padded spatial dimension of which one tap per output position reads padding."""
   lhs = re.search(r" (?:dot|convolution)\([^%]*%([\w.\-]+)", line).group(1)
   lhs_shape = shapes[lhs]
+  out_size = math.prod(out_shape)
   m = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", line)
   if m:
-    k = math.prod(lhs_shape[int(i)] for i in m.group(1).split(",") if i)
-  else:
-    labels = re.search(r"dim_labels=(\w+)_", line).group(1)
-    groups = re.search(r"feature_group_count=(\d+)", line)
-    k = lhs_shape[labels.index("f")] // (int(groups.group(1)) if groups else 1)
-    window = re.search(r"window=\{size=([0-9x]+)", line)
-    if window:
-      k *= math.prod(int(w) for w in window.group(1).split("x"))
-  return 2.0 * out_size * k
+    return 2.0 * out_size * math.prod(lhs_shape[int(i)] for i in m.group(1).split(",") if i)
+  lhs_labels, out_labels = re.search(r"dim_labels=(\w+)_\w+->(\w+)", line).groups()
+  groups = re.search(r"feature_group_count=(\d+)", line)
+  macs = out_size * lhs_shape[lhs_labels.index("f")] // (int(groups.group(1)) if groups else 1)
+  window = re.search(r"window=\{([^}]*)\}", line)
+  if window:
+    fields = dict(re.findall(r"(\w+)=([\w\-]+)", window.group(1)))
+    sizes = [int(x) for x in fields["size"].split("x")]
+    pads = [tuple(int(v) for v in p.split("_")) for p in fields.get("pad", "").split("x")] if "pad" in fields else None
+    strides = [int(x) for x in fields["stride"].split("x")] if "stride" in fields else [1] * len(sizes)
+    for d, w in enumerate(sizes):
+      n, out_n = lhs_shape[lhs_labels.index(str(d))], out_shape[out_labels.index(str(d))]
+      lo = pads[d][0] if pads else 0
+      inside = sum(1 for o in range(out_n) for k in range(w) if 0 <= o * strides[d] + k - lo < n)
+      macs = macs * inside // out_n  # taps per output position that read the input, on average
+  return 2.0 * macs
 
 
 def hlo_matmul_flops(hlo_text: str) -> float:
@@ -58,7 +69,7 @@ def hlo_matmul_flops(hlo_text: str) -> float:
     if lt and lt.group(1) in cur["consts"]:
       cur["bound"] = cur["consts"][lt.group(1)]
     if d and (" dot(" in line or " convolution(" in line):
-      cur["flops"] += _product_flops(line, cur["shapes"], math.prod(cur["shapes"][d.group(1)]))
+      cur["flops"] += _product_flops(line, cur["shapes"], cur["shapes"][d.group(1)])
     trip = _TRIP_RE.search(line)
     cond = re.search(r"\bcondition=%?([\w.\-]+)", line)
     for kind, target in _CALL_RE.findall(line):

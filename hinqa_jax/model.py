@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hinqa_jax import attention
+from hinqa_jax import attention, sharding
 from hinqa_jax.attention import ATTN_BLOCK  # noqa: F401 (the query block of the CPU path; tests read it here)
 
 Params = dict[str, Any]
@@ -322,8 +322,8 @@ def context(cfg: ModelConfig, b: int, t: int, segment_ids, positions, activation
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   mesh = activation_sharding.mesh if activation_sharding is not None else None
   rope = rope_tables(positions, rope_inv_freq(cfg), _dtype(cfg.dtype))
-  platform = mesh.devices.flat[0].platform if mesh is not None else platform
-  return {"rope": rope, "segment_ids": segment_ids, "mesh": mesh, "want_kv": False,
+  platform = sharding.platform(mesh, platform)
+  return {"rope": rope, "segment_ids": segment_ids, "mesh": mesh, "want_kv": False, "platform": platform,
           "attn_impl": attention.default_impl(platform)}
 
 
@@ -359,19 +359,15 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens_bt, *, segment_ids=N
   if cfg.remat != "none":
     body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
   x, kv = jax.lax.scan(body, x, (params["layers"], layer_adapters, layer_rngs),
-                       unroll=_unrolled(cfg, activation_sharding, prefill=return_kv, platform=platform))
+                       unroll=_unrolled(cfg, ctx["platform"], prefill=return_kv))
   x = final_norm(cfg, params, x)
   return (x, kv) if return_kv else x
 
 
-def _unrolled(cfg: ModelConfig, activation_sharding, prefill: bool = False, platform: str | None = None) -> bool:
+def _unrolled(cfg: ModelConfig, platform: str, prefill: bool = False) -> bool:
   if cfg.layer_loop != "auto":
     return cfg.layer_loop == "unroll"
-  if prefill:
-    return False
-  if activation_sharding is not None:
-    platform = activation_sharding.mesh.devices.flat[0].platform
-  return (platform or jax.default_backend()) == "cpu"
+  return not prefill and platform == "cpu"
 
 
 def final_norm(cfg: ModelConfig, params: Params, x_btd):

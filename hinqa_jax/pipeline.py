@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 
 from hinqa_jax import distributed
+from hinqa_jax.config import with_overrides
 from hinqa_jax.stages import cached, content_hash, file_digest, plain, portable, stage_key
 
 log = logging.getLogger(__name__)
@@ -76,17 +77,7 @@ def train(config, workdir: str | os.PathLike, *, stage: str | None = None, files
   return {k: v for k, v in out.items() if k in ("stage", "steps", "final", "checkpoints")}
 
 
-def _with(config, **overrides):
-  """A copy of config with dotted keys overridden (the original stays as it is)."""
-  import copy
-  c = copy.deepcopy(config)
-  for dotted, value in overrides.items():
-    node = c
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+_with = with_overrides  # the commands' short name for it
 
 
 # ----------------------------------------------------------------------------- the pieces of `run`

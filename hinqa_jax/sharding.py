@@ -107,6 +107,14 @@ def tree_shardings(tree: Any, mesh: Mesh) -> Any:
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
+def platform(mesh: Mesh | None = None, default: str | None = None) -> str:
+  """The platform a program is compiled for: the mesh's devices' ("tpu" for a TPU topology even in a CPU
+  process), else `default`, else JAX's default backend."""
+  if mesh is not None:
+    return mesh.devices.flat[0].platform
+  return default or jax.default_backend()
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

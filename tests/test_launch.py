@@ -1,7 +1,6 @@
 """Launch scripts: they parse and pass shellcheck; local.sh trains across 2 processes exactly like 1 process
 does on the same 8 devices; tpu_pod.sh and gpu_slurm.sbatch hand each worker the right command and
 jax.distributed settings (checked with stand-ins for gcloud, curl and srun: no cloud here)."""
-import importlib.util
 import os
 import shutil
 import stat
@@ -64,12 +63,9 @@ def test_shellcheck_catches_a_planted_error(tmp_path):
 # axis across both processes: every process then holds every row, and must feed the same rows.
 @pytest.mark.parametrize("mesh", [None, (1, 1, 8)], ids=["config", "tensor-across-processes"])
 def test_local_two_processes_match_one_process(tmp_path, monkeypatch, mesh):
-  from hinqa_jax import pipeline
+  from hinqa_jax import config as config_lib, pipeline
   from hinqa_jax.tokenizer import build_bundled_tokenizer
   from hinqa_jax.tracking import read_metrics
-  spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs" / "tiny.py")
-  tiny = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tiny)
   tok = tmp_path / "tok"
   build_bundled_tokenizer(out_dir=tok)
   env = {**os.environ, "HINQA_LOCAL_DEVICES": "4", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
@@ -83,8 +79,7 @@ def test_local_two_processes_match_one_process(tmp_path, monkeypatch, mesh):
   two = [m["loss"] for m in read_metrics(tmp_path / "two" / "train")]
 
   monkeypatch.chdir(REPO)  # the config's data paths are relative to the repository
-  config = tiny.get_config()
-  config.train.num_steps = 5
+  config = config_lib.load(REPO / "configs" / "tiny.py", **{"train.num_steps": 5})
   config.tokenizer.path = str(tok)
   if mesh is not None:
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh

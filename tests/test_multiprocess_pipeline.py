@@ -8,7 +8,6 @@ mesh (same greedy strings), exported again on 1 device (the same bytes), and bad
 work. The subprocesses share one persistent XLA compilation cache: identical programs (M1, M2 and M3
 compile the same step) are compiled once.
 """
-import importlib.util
 import json
 import os
 import socket
@@ -23,7 +22,7 @@ from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM
 
 from helpers import hf_logits
-from hinqa_jax import data, evaluate, lora, pipeline, train
+from hinqa_jax import config as config_lib, data, evaluate, lora, pipeline, train
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS, SPLITS = ("m1", "m2", "m3"), ("val", "test1", "test2")
@@ -168,10 +167,7 @@ def test_convert_on_two_processes_reads_shards_and_writes_the_source(two_process
 
 
 def _demo_config():
-  spec = importlib.util.spec_from_file_location("demo_config", REPO / "configs" / "demo.py")
-  demo = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(demo)
-  return pipeline._with(demo.get_config(), **{"model.preset": "tiny", "data.seq_len": 256, "pretrain.steps": 2,
+  return config_lib.load(REPO / "configs" / "demo.py", **{"model.preset": "tiny", "data.seq_len": 256, "pretrain.steps": 2,
                                               "synthetic.source": "files", "mesh.data": -1})
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hinqa_jax import data, evaluate, lora, pipeline, train
+from hinqa_jax import config as config_lib, data, evaluate, lora, pipeline, train
 from hinqa_jax.config import default_config
 
 
@@ -141,11 +141,7 @@ def test_empty_synthetic_data_is_reported_not_fatal(demo_run, tmp_path):
 def test_demo_config_runs_every_piece_on_a_shoestring(tmp_path):
   """configs/demo.py with minutes cut to seconds: tokenizer, pretrained base, a teacher writing through gen/
   with our JAX engine, curation, M1/M2/M3, report, export. Numbers here mean nothing; the wiring does."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("demo_cfg", "configs/demo.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = pipeline._with(mod.get_config(), **{
+  c = config_lib.load("configs/demo.py", **{
       "pretrain.steps": 2, "synthetic.teachers": ("teacher_a",), "synthetic.teacher_steps": 2,
       "synthetic.samples_per_context": 1, "synthetic.max_tokens": 16, "gen.synth.max_contexts": 3,
       "gen.synth.progress": False, "train.num_steps": 2, "run.stage2_steps": 1, "checkpoint.every_steps": 2,

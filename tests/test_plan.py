@@ -90,6 +90,21 @@ def test_hlo_flops_follow_while_loops_with_or_without_a_trip_count():
   assert hlo.hlo_matmul_flops(TPU_STYLE_HLO.replace("constant(3)", "constant(5)")) == 5 * 2 * 4 * 16 * 8
 
 
+def test_hlo_flops_count_only_the_window_taps_that_read_the_input():
+  """libtpu writes some batched dots as a convolution with a window of 2 over a padded spatial dimension
+  (the shape of a line from its 8B dump): one of the two taps reads padding, so it is one product per output."""
+  line = ("  %conv.1 = bf16[2,4,2,3]{3,1,0,2} convolution(%x.1, %w.1), window={size=2x1 pad=1_1x0_0 "
+          "rhs_reversal=1x0}, dim_labels=1bf0_i0o1->1b0f, metadata={op_name=\"dot_general\"}")
+  text = ("ENTRY %main.1 (x.1: bf16[2,4,8,1], w.1: bf16[2,3,8,1]) -> bf16[2,4,2,3] {\n"
+          "  %x.1 = bf16[2,4,8,1]{3,2,1,0} parameter(0)\n  %w.1 = bf16[2,3,8,1]{3,2,1,0} parameter(1)\n"
+          + line + "\n}\n")
+  assert hlo.hlo_matmul_flops(text) == 2 * (2 * 4 * 2 * 3) * 8  # output size x contracted f, no window factor
+  # A real window: spatial input 2, window 2, no padding: one output position, both taps read input.
+  unpadded = (text.replace("pad=1_1x0_0 ", "").replace("bf16[2,4,2,3]{3,1,0,2} conv", "bf16[2,4,1,3]{3,1,0,2} conv")
+              .replace("bf16[2,4,8,1]{3,2,1,0} parameter", "bf16[2,4,8,2]{3,2,1,0} parameter"))
+  assert hlo.hlo_matmul_flops(unpadded) == 2 * (2 * 4 * 1 * 3) * 8 * 2
+
+
 def test_unknown_target_and_missing_compiler_are_clear_errors():
   with pytest.raises(ValueError, match="known: v5e-1"):
     targets.get("v7x-8")
