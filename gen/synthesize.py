@@ -28,6 +28,7 @@ from gen import backends as backends_lib
 from gen import prompts
 from gen.parse import PARSE_DROPS, parse_pairs
 from gen.text import nfc
+from hinqa_jax import locks
 
 log = logging.getLogger(__name__)
 STATUSES = ("ok", "salvaged", "garbage", "failed", "too_long")
@@ -296,9 +297,10 @@ def synthesize(config: Any, shard: tuple[int, int] | str = (0, 1), *, records: I
   os.makedirs(config.out_dir, exist_ok=True)
   summary = {"shard": f"{shard[0]}/{shard[1]}", "contexts": len(contexts),
              "contexts_in_shard": sum(in_shard(c.cid, shard) for c in contexts), "teachers": {}}
-  for name in names:
-    summary["teachers"][name] = _run_teacher(config, name, contexts, shard, (backends or {}).get(name))
   suffix = "" if shard[1] == 1 else f".shard-{shard[0]}-of-{shard[1]}"
+  with locks.hold(config.out_dir, f"gen synthesize shard {shard[0]}/{shard[1]}", name=f".lock{suffix}"):
+    for name in names:  # one writer per (out_dir, shard): a second would request every pair again
+      summary["teachers"][name] = _run_teacher(config, name, contexts, shard, (backends or {}).get(name))
   write_atomic(os.path.join(config.out_dir, f"summary{suffix}.json"),
                json.dumps(summary, ensure_ascii=False, indent=1, sort_keys=True))
   # Every teacher ran and every output and summary is saved (a rerun resumes); then a teacher that wrote

@@ -60,20 +60,21 @@ def main(argv):
     raise app.UsageError("--workdir is required")
   from hinqa_jax import distributed, pipeline
   distributed.initialize()
-  pipeline.make_mesh(config)  # before any work: the mesh fits this job's devices ...
-  distributed.check_shared_dir(FLAGS.workdir)  # ... and every process sees the same workdir
-  if command == "run":
-    result = pipeline.run(config, FLAGS.workdir)
-  elif command == "prepare":
-    result = pipeline.prepare(config, FLAGS.workdir)
-  elif command == "train":
-    result = pipeline.train(config, FLAGS.workdir)
-  elif command == "evaluate":
-    result = pipeline.evaluate(config, FLAGS.workdir, stage=FLAGS.stage)
-  elif command == "export":
-    result = pipeline.export(config, FLAGS.workdir, stage=FLAGS.stage, out_dir=FLAGS.hf_dir, overwrite=FLAGS.overwrite)
-  else:
-    result = pipeline.convert(config, FLAGS.workdir, hf_dir=FLAGS.hf_dir)
+  with distributed.failing_together():  # an error on any process stops every process, each saying it
+    pipeline.make_mesh(config)  # before any work: the mesh fits this job's devices ...
+    distributed.check_shared_dir(FLAGS.workdir)  # ... and every process sees the same workdir
+    if command == "run":
+      result = pipeline.run(config, FLAGS.workdir)
+    elif command == "prepare":
+      result = pipeline.prepare(config, FLAGS.workdir)
+    elif command == "train":
+      result = pipeline.train(config, FLAGS.workdir)
+    elif command == "evaluate":
+      result = pipeline.evaluate(config, FLAGS.workdir, stage=FLAGS.stage)
+    elif command == "export":
+      result = pipeline.export(config, FLAGS.workdir, stage=FLAGS.stage, out_dir=FLAGS.hf_dir, overwrite=FLAGS.overwrite)
+    else:
+      result = pipeline.convert(config, FLAGS.workdir, hf_dir=FLAGS.hf_dir)
   if result is not None and distributed.is_main():
     print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
 

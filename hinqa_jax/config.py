@@ -71,6 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 50  # save period (a save also happens at the end and on SIGTERM)
   c.checkpoint.keep = 2  # checkpoints kept per stage
+  c.checkpoint.preempt_grace_s = 60.0  # after SIGTERM, exit 143 even if no step boundary came (one process)
 
   c.pretrain = ml_collections.ConfigDict()
   c.pretrain.steps = 0  # > 0: first train the base from scratch (all weights) on the training text (CPU demo)
@@ -130,6 +131,7 @@ _RULES = (
     ("train.eval_every_steps", lambda v: v >= 0, ">= 0"),
     ("checkpoint.every_steps", lambda v: v >= 1, ">= 1"),
     ("checkpoint.keep", lambda v: v >= 1, ">= 1"),
+    ("checkpoint.preempt_grace_s", lambda v: v > 0, "> 0"),
     ("pretrain.steps", lambda v: v >= 0, ">= 0"),
     ("pretrain.batch_size", lambda v: v >= 1, ">= 1"),
     ("run.stage2_steps", lambda v: v >= 0, ">= 0"),

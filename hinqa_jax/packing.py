@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,7 @@ def write_packed(examples: list[data.Example], out_dir: str | os.PathLike, tok: 
   truncated = [ex for ex in examples if ex.context_tokens_dropped > 0]
   shards = []
   out_dir = Path(out_dir)
-  tmp = out_dir.with_name(out_dir.name + ".tmp")
+  tmp = out_dir.with_name(f".{out_dir.name}.{socket.gethostname()}-{os.getpid()}.tmp")  # unique per process
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
   for s, start in enumerate(range(0, n_rows, rows_per_shard)):
@@ -168,7 +169,7 @@ def write_packed(examples: list[data.Example], out_dir: str | os.PathLike, tok: 
   }
   (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
                                      encoding="utf-8")
-  old = out_dir.with_name(out_dir.name + ".old")
+  old = out_dir.with_name(f".{out_dir.name}.{socket.gethostname()}-{os.getpid()}.old")
   if out_dir.exists():
     shutil.rmtree(old, ignore_errors=True)
     out_dir.rename(old)

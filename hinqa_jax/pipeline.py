@@ -17,9 +17,9 @@ from pathlib import Path
 
 import jax
 
-from hinqa_jax import distributed
+from hinqa_jax import distributed, locks
 from hinqa_jax.config import with_overrides
-from hinqa_jax.stages import cached, content_hash, file_digest, plain, portable, stage_key
+from hinqa_jax.stages import cached, content_hash, file_digest, plain, portable, stage_key, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,11 @@ def prepare(config, workdir: str | os.PathLike, files: tuple[str, ...] | None = 
   out = Path(workdir) / "data" / key
 
   def pack() -> None:
-    if not (out / "manifest.json").exists():
-      with config.unlocked():
-        config.data.train, config.data.synthetic = files, ()
-      packing.prepare(config, out)
+    with locks.hold(out.parent, f"prepare {key}", name=f".{key}.lock"):  # one writer of this data at a time
+      if not (out / "manifest.json").exists():
+        with config.unlocked():
+          config.data.train, config.data.synthetic = files, ()
+        packing.prepare(config, out)
 
   distributed.main_only(f"prepare {key}", pack)
   manifest = json.loads((out / "manifest.json").read_text())
@@ -159,7 +160,7 @@ def _synthetic(config, workdir: Path) -> list[str]:
                            config.synthetic.teacher_seq_len, config.synthetic.teacher_steps, config.seed + 100 + i)
       gen_cfg.teachers[name] = gen.teacher("jax", hf_dir, temperature=config.synthetic.temperature, seed=i,
                                            max_tokens=config.synthetic.max_tokens, batch_size=8)
-  weights = [file_digest(str(Path(t.model) / "model.safetensors")) for t in gen_cfg.teachers.values()]
+  weights = [weights_digest(t.model) for t in gen_cfg.teachers.values()]
   key = content_hash({"teachers": weights, "gen": portable(plain(gen_cfg), workdir)})
   curated = workdir / "gen" / "curated" / "synthetic.jsonl"
 
@@ -361,7 +362,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
                            "train.stage": st["name"], "seed": st["seed"]})
       prev = stage_keys.get(st["init_from"]) if st["init_from"] else None
       key = stage_key(c, {"files": {f: file_digest(f) for f in st["files"]}, "after": prev,
-                          "base": file_digest(str(Path(config.model.hf_path) / "model.safetensors"))}, workdir)
+                          "base": weights_digest(config.model.hf_path)}, workdir)
       init = str(validation.selected_checkpoints(workdir / st["init_from"])) if st["init_from"] else None
       cached(workdir / st["name"], key, lambda c=c, st=st, init=init: train(
           c, workdir, stage=st["name"], files=tuple(st["files"]), init_from=init))

@@ -40,10 +40,36 @@ def plain(config) -> dict:
   return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
 
 
-def file_digest(path: str) -> str:
-  """16 hex digits of the sha256 of a file's bytes, or "missing"."""
+_digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> digest, per process
+
+
+def file_digest(path: str | os.PathLike) -> str:
+  """16 hex digits of the sha256 of a file's bytes, or "missing". Streamed (a 5 GB weight shard is never
+  in memory) and remembered by (path, size, mtime), so a file is read once per process."""
   p = Path(path)
-  return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else "missing"
+  if not p.is_file():
+    return "missing"
+  st = p.stat()
+  memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+  if memo not in _digests:
+    with open(p, "rb") as f:
+      _digests[memo] = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+  return _digests[memo]
+
+
+WEIGHT_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json")
+
+
+def weights_digest(model_dir: str | os.PathLike | None) -> str:
+  """What a model directory's weights are: the digest of config.json, every safetensors shard and the
+  index (Llama-3.1-8B's model-0000N-of-0000M files as much as one model.safetensors). "" for no directory."""
+  if not model_dir:
+    return ""
+  d = Path(model_dir)
+  files = sorted({f for pattern in WEIGHT_FILES for f in d.glob(pattern) if f.is_file()})
+  if not files:
+    raise FileNotFoundError(f"{d}: no config.json or *.safetensors to key the weights on")
+  return content_hash({f.name: file_digest(f) for f in files})
 
 
 def stage_key(config, extra: dict, workdir: str | os.PathLike) -> str:
