@@ -5,9 +5,10 @@ Everything compares *folded* tokens (`stem`): NFD, digits as ASCII, every combin
 on purpose: जाता/जाती/जाते, मंदिर/मंदिरों and क़िला/किला each fold to one key, so a faithful
 paraphrase that re-inflects the context's words still matches it.
 
-- facts: numbers (ASCII or Devanagari digits, Hindi number words: "पाँच सौ" = 500, "ढाई" = 2.5,
-  "3,800" = 3800), month and weekday names (dates), and named entities: Latin-script words and the
-  word before a place/name head ("दशाश्वमेध घाट", "संकट मोचन मंदिर") or after a title ("संत कबीर").
+- facts: numbers by value (gen/numbers.py: digits of either script, number words, fractions,
+  ordinals: "पाँच सौ" = 500, "ढाई" = 2.5, "१९८६" = 1986), month and weekday names (dates), and named
+  entities: Latin-script words and the word before a place/name head ("दशाश्वमेध घाट") or after a
+  title ("संत कबीर").
   Every fact of the answer must occur in the context.
 - grounding: the share of the answer's content stems found in its best window of up to three
   adjacent context sentences (support precision). F1 against a sentence punished short, faithful
@@ -20,6 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from gen import numbers as num
 from gen.text import STOPWORDS, split_sentences
 
 _DIGITS = str.maketrans("०१२३४५६७८९", "0123456789")
@@ -53,7 +55,7 @@ def stem(token: str) -> str:
 
 def tokens(text: str) -> list[str]:
   """Words and numbers of a text in order (NFC, lower case, digits ASCII)."""
-  return _TOKEN.findall(unicodedata.normalize("NFC", text).lower().translate(_DIGITS))
+  return _TOKEN.findall(num.canonical(unicodedata.normalize("NFC", text)).lower().translate(_DIGITS))
 
 
 _STOP_STEMS = frozenset(stem(w) for w in STOPWORDS) | frozenset(stem(w) for w in (
@@ -70,24 +72,7 @@ def content_stems(text: str) -> list[str]:
 
 # ---------------------------------------------------------------- facts
 
-_UNITS = {"शून्य": 0, "एक": 1, "दो": 2, "तीन": 3, "चार": 4, "पाँच": 5, "पांच": 5, "छह": 6, "छः": 6, "छे": 6,
-          "सात": 7, "आठ": 8, "नौ": 9, "दस": 10, "ग्यारह": 11, "बारह": 12, "तेरह": 13, "चौदह": 14, "पंद्रह": 15,
-          "पन्द्रह": 15, "सोलह": 16, "सत्रह": 17, "अठारह": 18, "उन्नीस": 19, "बीस": 20, "पच्चीस": 25, "तीस": 30,
-          "पैंतीस": 35, "चालीस": 40, "पैंतालीस": 45, "पचास": 50, "साठ": 60, "सत्तर": 70, "अस्सी": 80,
-          "नब्बे": 90, "डेढ़": 1.5, "ढाई": 2.5, "आधा": 0.5, "आधी": 0.5}
-_MULTIPLIERS = {"सौ": 100, "हज़ार": 1000, "हजार": 1000, "लाख": 10 ** 5, "करोड़": 10 ** 7}
-
-
-def _light(token: str) -> str:
-  # Number words keep their vowel signs (stems would merge सौ with से and नौ with ने); only nukta and
-  # chandrabindu/anusvara spellings are folded.
-  text = unicodedata.normalize("NFD", token).replace("\u093c", "").replace("\u0901", "\u0902")
-  return unicodedata.normalize("NFC", text)
-
-
-_NUMBER_WORDS = {_light(w): v for w, v in {**_UNITS, **_MULTIPLIERS}.items()}
-_MULTIPLIER_WORDS = {_light(w) for w in _MULTIPLIERS}
-# Also the name of a ghat (अस्सी घाट): a number word right before a place head is an entity, not a number.
+_light = num.fold  # dates, heads and titles keep their vowel signs (चैत्र and चित्र share a stem)
 _DATE_WORDS = frozenset(_light(w) for w in (  # whole words: चैत्र and चित्र share a stem
   "जनवरी फ़रवरी फरवरी मार्च अप्रैल मई जून जुलाई अगस्त सितंबर सितम्बर अक्टूबर नवंबर नवम्बर दिसंबर दिसम्बर "
   "चैत्र वैशाख ज्येष्ठ आषाढ़ श्रावण सावन भाद्रपद भादो आश्विन कार्तिक मार्गशीर्ष अगहन पौष माघ फाल्गुन फागुन "
@@ -108,45 +93,9 @@ _TIME_WORDS = frozenset(map(stem, _DATE_WORDS)) | frozenset(stem(w) for w in (
 _LOCATIVES = frozenset(stem(w) for w in "में पर पास किनारे निकट समीप सामने बीच पीछे दूर".split())
 
 
-def _number(token: str) -> float | None:
-  if not token[0].isdigit():
-    return None
-  t = token.replace(",", "") if re.fullmatch(r"\d{1,3}(,\d{2,3})+", token) else token.replace(",", ".")
-  try:
-    return float(t)
-  except ValueError:
-    return None
-
-
 def numbers(text: str) -> set[float]:
-  """Numbers a text states, digits and Hindi number words alike; a lone "एक" (also "a") is not one."""
-  toks = tokens(text)
-  out: set[float] = set()
-  i = 0
-  while i < len(toks):
-    value, words, j = None, 0, i
-    total = current = 0.0
-    while j < len(toks):
-      s, num = _light(toks[j]), _number(toks[j])
-      if num is not None and words == 0 and value is None:
-        current, value = num, num
-      elif s in _MULTIPLIER_WORDS and value is not None or s in _MULTIPLIER_WORDS and words == 0:
-        current = (current or 1) * _NUMBER_WORDS[s]
-        if _NUMBER_WORDS[s] >= 1000:
-          total, current = total + current, 0.0
-        value, words = total + current, words + 1
-      elif s in _NUMBER_WORDS and s not in _MULTIPLIER_WORDS and num is None:
-        if j + 1 < len(toks) and _light(toks[j + 1]) in _PLACE_HEADS:
-          break  # अस्सी घाट: a name
-        current += _NUMBER_WORDS[s]
-        value, words = total + current, words + 1
-      else:
-        break
-      j += 1
-    if value is not None and not (words == 1 and toks[i] == "एक"):
-      out.add(round(value, 6))
-    i = max(j, i + 1)
-  return out
+  """Numbers a text states, by value (gen/numbers.py)."""
+  return num.values(text)
 
 
 def entities(text: str) -> set[str]:
@@ -156,8 +105,7 @@ def entities(text: str) -> set[str]:
   out = {_light(t) for t in toks if _light(t) in _DATE_WORDS}
 
   def name(j: int) -> bool:
-    return 0 <= j < len(toks) and stems[j] not in _STOP_STEMS | _NOT_NAMES and not toks[j][0].isdigit() \
-      and _light(toks[j]) not in _NUMBER_WORDS
+    return 0 <= j < len(toks) and stems[j] not in _STOP_STEMS | _NOT_NAMES and not toks[j][0].isdigit()
   for i, (t, s) in enumerate(zip(toks, stems)):
     if t.isascii() and t.isalpha() and len(t) > 1:
       out.add(s)
@@ -168,13 +116,9 @@ def entities(text: str) -> set[str]:
   return out
 
 
-def _fmt(x: float) -> str:
-  return str(int(x)) if x == int(x) else str(x)
-
-
 def unsupported_numbers(answer: str, context: str) -> list[str]:
   """Numbers and dates of the answer that the context does not state."""
-  bad = [_fmt(n) for n in sorted(numbers(answer) - numbers(context))]
+  bad = [num.fmt(n) for n in sorted(numbers(answer) - numbers(context))]
   ctx_words = {_light(t) for t in tokens(context)}
   return bad + sorted(e for e in entities(answer) & _DATE_WORDS if e not in ctx_words)
 
@@ -189,8 +133,7 @@ def unsupported_entities(answer: str, context: str) -> list[str]:
 
 def _wordy_stems(text: str) -> list[str]:
   # content stems without numbers: 45 and पैंतालीस are one fact, which unsupported_numbers compares by value
-  return [stem(t) for t in tokens(text) if stem(t) not in _STOP_STEMS and not t[0].isdigit()
-          and _light(t) not in _NUMBER_WORDS]
+  return [stem(t) for t in tokens(text) if stem(t) not in _STOP_STEMS and not t[0].isdigit()]
 
 
 def grounding_score(answer: str, context: str, window: int = 3) -> float:

@@ -104,7 +104,7 @@ def test_same_frame_different_interrogative_is_not_a_duplicate():
 def test_duplicates_of_original_data_and_across_contexts():
   records = [rec("a-orig", "A", "गंगा आरती कहाँ होती है", "गंगा आरती दशाश्वमेध घाट पर होती है"),
              rec("b-orig-near", "B", "गंगा आरती कहां होति है?", "दशाश्वमेध घाट पर गंगा आरती होती है।"),
-             rec("b-orig-conflict", "B", "गंगा आरती कहा होती है?", "गंगा आरती अस्सी घाट पर होती है।"),
+             rec("b-orig-conflict", "B", "गंगा आरती कहा होती है?", "गंगा आरती नाव पर होती है।"),
              GOOD, rec("z-other-ctx", "Z", GOOD["question"], GOOD["answer"], ctx=CTX + " नया वाक्य।")]
   kept, reasons, _ = run(records)
   assert kept == {"a-keep"}
