@@ -22,10 +22,14 @@ def _key(question):
 
 
 def evaluate(cfg=None):
-  """Parse recall, keep precision/recall and the per-pair decisions on the dev set."""
+  """Parse recall, keep precision/recall, accuracy and the per-pair decisions on the dev set.
+
+  Gold pairs sharing a `same` group are one fact written twice (often with the number written
+  differently): keeping exactly one of them is right, whichever it is.
+  """
   from hinqa_jax import data
   originals = data.read_records(str(DEV / "contexts.json"))
-  contexts = {r.domain: r.context for r in originals}
+  contexts = {r.id.removeprefix("o-"): r.context for r in originals}
   outputs = [json.loads(line) for line in (DEV / "outputs.jsonl").read_text(encoding="utf-8").splitlines()]
   synthetic, gold, parse_drops = [], {}, collections.Counter()
   expected_drops = collections.Counter()
@@ -40,22 +44,42 @@ def evaluate(cfg=None):
         continue
       complete += 1
       rid = f"{out['teacher']}-{out['unit']}-{len(gold)}"
-      gold[rid] = g
+      gold[rid] = {**g, "split": out.get("split", "dev"), "format": out["format"]}
       if _key(g["question"]) in got:
         found += 1
         q, a = got[_key(g["question"])]
-        synthetic.append({"id": rid, "domain": out["domain"], "context": contexts[out["domain"]],
-                          "question": q, "answer": a, "source": out["teacher"]})
+        synthetic.append({"id": rid, "domain": out["domain"], "context": contexts[out["context"]],
+                          "question": q, "answer": a, "source": out["teacher"],
+                          "provenance": {"finish_reason": out.get("finish_reason", "stop")}})
   cfg = cfg or gen.default_config().curate
   kept, rejected, report = curate_records(synthetic, originals, {}, cfg)
   decided = {r["id"]: "" for r in kept} | {r["id"]: r["reason"] for r in rejected}
-  tp = sum(1 for rid, g in gold.items() if g["keep"] and decided.get(rid) == "")
-  kept_n = sum(1 for r in decided.values() if r == "")
-  gold_keep = sum(1 for g in gold.values() if g["keep"])
-  return {"parse_recall": found / complete, "keep_precision": tp / kept_n, "keep_recall": tp / gold_keep,
-          "pairs": complete, "gold_keep": gold_keep, "parse_drops": dict(parse_drops),
+  groups = collections.defaultdict(list)
+  for rid, g in gold.items():
+    if g.get("same"):
+      groups[g["same"]].append(rid)
+  for members in groups.values():  # exactly one kept: that one is the keeper, the others duplicates
+    kept_ids = [rid for rid in members if decided.get(rid) == ""]
+    if len(kept_ids) == 1:
+      for rid in members:
+        gold[rid] = {**gold[rid], "keep": rid == kept_ids[0], "reason": "" if rid == kept_ids[0] else "duplicate_near"}
+  scores = {split: _scores(gold, decided, split) for split in ("all", "dev", "heldout")}
+  return {**scores["all"], "splits": scores, "parse_drops": dict(parse_drops),
           "expected_parse_drops": dict(expected_drops), "decided": decided, "gold": gold, "rejected": rejected,
-          "report": report}
+          "report": report, "formats": {o["format"] for o in outputs}, "places": {o["context"] for o in outputs}}
+
+
+def _scores(gold, decided, split):
+  rows = {rid: g for rid, g in gold.items() if split == "all" or g["split"] == split}
+  found = sum(1 for rid in rows if rid in decided)
+  tp = sum(1 for rid, g in rows.items() if g["keep"] and decided.get(rid) == "")
+  kept_n = sum(1 for rid in rows if decided.get(rid) == "")
+  gold_keep = sum(1 for g in rows.values() if g["keep"])
+  right = sum(1 for rid, g in rows.items() if rid in decided and (decided[rid] == "") == g["keep"])
+  same_reason = sum(1 for rid, g in rows.items() if decided.get(rid) == g["reason"])
+  return {"pairs": len(rows), "gold_keep": gold_keep, "parse_recall": found / len(rows),
+          "keep_precision": tp / max(kept_n, 1), "keep_recall": tp / max(gold_keep, 1), "accuracy": right / len(rows),
+          "reason_agreement": same_reason / len(rows)}
 
 
 def test_dev_set_parse_recall_keep_precision_and_recall():
@@ -77,13 +101,16 @@ def test_dev_set_parse_recall_keep_precision_and_recall():
 if __name__ == "__main__":  # print the figures and the mistakes (used to choose the thresholds)
   import sys
   cfg = gen.default_config().curate
-  for arg in sys.argv[1:]:
+  for arg in [a for a in sys.argv[1:] if "=" in a]:
     k, v = arg.split("=")
     setattr(cfg, k, type(cfg[k])(v))
   r = evaluate(cfg)
-  print({k: round(v, 3) for k, v in r.items() if k in ("parse_recall", "keep_precision", "keep_recall")},
-        r["pairs"], r["gold_keep"], r["parse_drops"])
+  for split, sc in r["splits"].items():
+    print(split, {k: round(v, 3) for k, v in sc.items()})
+  print(r["parse_drops"], len(r["formats"]), "formats", len(r["places"]), "places")
   for rid, g in r["gold"].items():
+    if g["split"] == "heldout" and "--show-heldout" not in sys.argv:
+      continue
     got = r["decided"].get(rid, "NOT PARSED")
     if (got == "") != g["keep"] or (not g["keep"] and got != g["reason"]):
       print(rid, "gold", g["keep"], g["reason"], "got", repr(got), g["question"], "->", g["answer"])
