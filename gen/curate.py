@@ -2,7 +2,8 @@
 
 Order (cheap and per-pair first, the LLM judge last); every pair gets the first reason that applies:
   not_hindi_question, not_hindi_answer (Devanagari share of each field on its own), too_short,
-  too_long -> contaminated (held-out val/test1/test2)
+  too_long, incomplete_answer (ends mid-phrase, or the last answer of a length-cut output without a
+  sentence-final mark) -> contaminated (held-out val/test1/test2)
   -> faithfulness (gen/faithful.py): unsupported_number (a number or date the context does not
      state), unsupported_entity (a named entity it does not mention), restates_question (nothing
      new beyond the question's words, or a when/how-many/where question without that kind of
@@ -39,10 +40,11 @@ from gen.synthesize import context_id, field, write_atomic
 from gen.text import (answer_agreement, char_ngrams, devanagari_ratio, jaccard, loose_key, nfc, norm_tokens,
                       question_type, word_ngrams)
 
-REASONS = ("not_hindi_question", "not_hindi_answer", "too_short", "too_long", "contaminated", "unsupported_number",
+REASONS = ("not_hindi_question", "not_hindi_answer", "too_short", "too_long", "incomplete_answer", "contaminated",
+           "unsupported_number",
            "unsupported_entity", "restates_question", "ungrounded", "duplicate_exact", "duplicate_near", "conflict",
            "judge_rejected")
-_CHEAP = ("not_hindi_question", "not_hindi_answer", "too_short", "too_long", "contaminated")
+_CHEAP = ("not_hindi_question", "not_hindi_answer", "too_short", "too_long", "incomplete_answer", "contaminated")
 
 
 @dataclasses.dataclass
@@ -155,6 +157,11 @@ def _pair_checks(it: Item, cfg: Any, heldout: HeldOut, ctx_words: set) -> list[t
     flags.append(("too_short", f"{nq} question / {na} answer tokens"))
   if nq > cfg.max_question_tokens or na > cfg.max_answer_tokens:
     flags.append(("too_long", f"{nq} question / {na} answer tokens"))
+  prov = it.rec.get("provenance") or {}
+  last = prov.get("pair_index", -1) == prov.get("pairs_in_output", 0) - 1  # only the last answer can be cut
+  why = faithful.incomplete(it.a, prov.get("finish_reason") == "length" and last)
+  if why:
+    flags.append(("incomplete_answer", why))
   score, where = heldout.nearest_question(it.grams)
   # n-grams the pair shares with held-out text count only when its own context does not explain them
   leaked = (word_ngrams(norm_tokens(it.q), cfg.contam_ngram) | word_ngrams(norm_tokens(it.a), cfg.contam_ngram))

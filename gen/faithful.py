@@ -62,7 +62,7 @@ _STOP_STEMS = frozenset(stem(w) for w in STOPWORDS) | frozenset(stem(w) for w in
   "कौन कौनसा कौनसी कौनसे क्या कब कहाँ कहां किस किसे किसको किन किसका किसकी किसके किसने कैसे कैसा कैसी "
   "क्यों कितना कितनी कितने इसे उसे इसका उसका इसकी उसकी इसके उसके यहाँ वहाँ जहाँ अपना अपनी अपने "
   "सकता सकती सकते जा जाना हुआ हुई हुए होती होते बहुत लगभग करीब तक वाले वाली वाला साथ द्वारा "
-  "बाद पहले जैसे जब तब कुछ सभी सब कोई किसी ओर अंदर बाहर ऊपर नीचे").split())
+  "बाद पहले जैसे जब तब कुछ सभी सब कोई किसी ओर अंदर बाहर ऊपर नीचे सन् सन ई ईस्वी").split())
 
 
 def content_stems(text: str) -> list[str]:
@@ -90,7 +90,14 @@ _QUANTITY_WORDS = frozenset(stem(w) for w in "लाखों हज़ारो
 _TIME_WORDS = frozenset(map(stem, _DATE_WORDS)) | frozenset(stem(w) for w in (
   "सुबह शाम रात दोपहर सूर्योदय सूर्यास्त बजे बजकर दिन सप्ताह महीने महीना साल वर्ष सदी शताब्दी ईस्वी सन् "
   "प्रतिदिन रोज़ रोज हमेशा त्योहार पर्व पूर्णिमा अमावस्या दिवाली देव दीपावली होली ऋतु सर्दी गर्मी बरसात मौसम").split())
-_LOCATIVES = frozenset(stem(w) for w in "में पर पास किनारे निकट समीप सामने बीच पीछे दूर".split())
+_LOCATIVES = frozenset(stem(w) for w in "में पर पास किनारे निकट समीप सामने बीच पीछे दूर भीतर अंदर".split())
+# "free" answers a how-much question without a number: मुफ़्त, निःशुल्क, or a fee word with a negation
+_FREE = frozenset(stem(w) for w in "मुफ़्त मुफ्त निःशुल्क निशुल्क फ्री".split())
+_FEE = frozenset(stem(w) for w in "शुल्क पैसा पैसे किराया टिकट कीमत".split())
+_NEGATION = frozenset(stem(w) for w in "नहीं बिना".split())
+# Words a Hindi sentence cannot end on: genitives, the ergative, conjunctions, relatives, the article.
+_DANGLING = frozenset("का की के ने और तथा एवं या कि जो जिसमें जिसे जिसका जिसकी जिसके क्योंकि लेकिन परंतु किंतु एक".split())
+_SENTENCE_FINAL = ("।", "॥", ".", "?", "!", "?", "\"", "'", ")")
 
 
 def numbers(text: str) -> set[float]:
@@ -177,16 +184,36 @@ def restatement(question: str, answer: str) -> str:
     return "adds nothing beyond the question's words"
   q = {stem(t) for t in tokens(question)}
   new_set = set(new)
-  if q & _HOW_MANY and not (numbers(answer) or new_set & _QUANTITY_WORDS):
+  ans_stems = {stem(t) for t in tokens(answer)}
+  free = bool(ans_stems & _FREE or ans_stems & _FEE and ans_stems & _NEGATION)
+  if q & _HOW_MANY and not (numbers(answer) or new_set & _QUANTITY_WORDS or free):
     return "how-many question without a number"
   if q & _WHEN and not (numbers(answer) or new_set & _TIME_WORDS):
     return "when-question without a number or time word"
   if q & _WHERE or _WHERE_PHRASE.search(unicodedata.normalize("NFC", question)):
     # a place is a new word up to three words before a locative ("वाराणसी के चौक इलाके में");
     # "कहाँ से" (from where) is answered by "X से"
+    # "कहाँ का/की/के" (of where) by "X का/की/के"
     locatives = _LOCATIVES | ({stem("से")} if "से" in tokens(question) else set())
+    if re.search(r"(?:कहाँ|कहां)\s+(?:का|की|के)(?!\S)", unicodedata.normalize("NFC", question)):
+      locatives |= {stem(w) for w in ("का", "की", "के")}
     ans = [stem(t) for t in tokens(answer)]
     places = {ans[j] for i, s in enumerate(ans) if s in locatives for j in range(max(0, i - 3), i)}
     if not (places | entities(answer)) & new_set:
       return "where-question without a new place"
+  return ""
+
+
+def incomplete(answer: str, cut_by_length: bool = False) -> str:
+  """Why the answer stops mid-phrase ("" when it is complete): it ends on a word no Hindi sentence
+  ends on (a genitive, ने, a conjunction), or it is the last answer of an output the length limit
+  cut and has no sentence-final mark."""
+  text = unicodedata.normalize("NFC", answer).strip()
+  if text.endswith(_SENTENCE_FINAL):
+    return ""
+  words = re.findall(r"[\u0900-\u0963\u0971-\u097F]+", text)
+  if words and words[-1] in _DANGLING:
+    return f"ends mid-phrase on {words[-1]!r}"
+  if cut_by_length:
+    return "last answer of an output cut by the length limit, no sentence-final mark"
   return ""

@@ -7,7 +7,7 @@ cardinal words 0-99 (common spelling variants) with सौ, हज़ार, ल
 multiplier (`2 लाख`); fractions आधा/आधी/आधे, डेढ़, ढाई, पौना and the prefixes सवा (+1/4), साढ़े
 (+1/2), पौने (-1/4) (`साढ़े तीन सौ` = 350); ordinals (पहला, तीसरी, पाँचवाँ, बीसवीं, `16वीं`);
 ranges give both ends (`10-15`, `दस से पंद्रह`, `दो-तीन`).
-Not numbers: a lone "एक" (also the article "a"), पहले/दूसरे ("before", "other"), a number word
+Not numbers: a lone "एक" (also the article "a"; before a unit such as घंटा or किलोमीटर it is 1), पहले/दूसरे ("before", "other"), a number word
 naming a place (`अस्सी घाट`), quantity words (`हज़ारों`).
 
 Written here rather than taken from a library: the maintained Indic inverse-text-normalisation
@@ -56,6 +56,10 @@ _MULT = {fold(w): v for w, v in _MULTIPLIERS.items()}
 _PREFIX = {fold(w): v for w, v in _PREFIXES.items()}
 _ORD = {fold(w): v for w, v in _ORDINALS.items()}
 _HEADS = frozenset(map(fold, NAME_HEADS))
+# "एक" before a unit is the number one ("एक घंटा", "एक किलोमीटर"); elsewhere it is the article.
+_MEASURE = frozenset(map(fold, (
+  "घंटा घंटे मिनट सेकंड दिन सप्ताह हफ़्ता हफ़्ते महीना महीने साल वर्ष सदी शताब्दी किलोमीटर किमी मीटर फ़ुट फुट "
+  "किलो किलोग्राम लीटर रुपया रुपये रुपए प्रतिशत बार").split()))
 _FRACTION_WORDS = frozenset(map(fold, _FRACTIONS))
 _TOKEN = re.compile(r"\d+(?:[.,]\d+)*(?:वाँ|वां|वीं|वी|वें|वे|st|nd|rd|th)?|[\u0900-\u0963\u0971-\u097F]+|[A-Za-z]+")
 
@@ -120,7 +124,8 @@ def spans(text: str) -> list[tuple[int, int, float]]:
     if last == "prefix":  # सवा alone: 1¼
       current = (current or 0.0) + 1.0 + prefix
     value = total + (current or 0.0)
-    if j > i and not (words == 1 and j == i + 1 and toks[i][2] == "एक"):
+    lone_article = words == 1 and j == i + 1 and toks[i][2] == "एक" and not (j < len(toks) and toks[j][2] in _MEASURE)
+    if j > i and not lone_article:
       out.append((toks[i][0], toks[j - 1][1], round(value, 6)))
       i = j
       continue

@@ -61,13 +61,17 @@ def content_tokens(text: str) -> list[str]:
   return kept or toks
 
 
+# The auxiliary (है, था, थीं ...) never changes what a question asks: left out of loose keys.
+_AUXILIARY_KEYS = frozenset({"ह", "थ"})
+
+
 def loose_key(text: str) -> str:
-  """Spelling-, punctuation- and order-insensitive key: matra-stripped sorted token set."""
+  """Spelling-, punctuation- and order-insensitive key: matra-stripped sorted token set, no auxiliary."""
   text = unicodedata.normalize("NFD", canonical(unicodedata.normalize("NFC", text))).lower().translate(_DIGITS)
   # NFD splits precomposed nukta letters (क़ -> क + ़); dropping every combining mark then removes
   # matras, nukta, candrabindu, anusvara, visarga and virama in one pass.
   text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "M").translate(_VOWEL_FOLD)
-  return " ".join(sorted(set(_strip_punct(text).split())))
+  return " ".join(sorted(set(_strip_punct(text).split()) - _AUXILIARY_KEYS))
 
 
 # Interrogatives decide what a question asks: "कब" vs "कहाँ" with the same frame are two questions.
