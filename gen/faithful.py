@@ -7,8 +7,7 @@ paraphrase that re-inflects the context's words still matches it.
 
 - facts: numbers by value (gen/numbers.py: digits of either script, number words, fractions,
   ordinals: "पाँच सौ" = 500, "ढाई" = 2.5, "१९८६" = 1986), month and weekday names (dates), and named
-  entities: Latin-script words and the word before a place/name head ("दशाश्वमेध घाट") or after a
-  title ("संत कबीर").
+  entities (gen/names.py: runs of words neither the context nor a Hindi common-word list contains).
   Every fact of the answer must occur in the context.
 - grounding: the share of the answer's content stems found in its best window of up to three
   adjacent context sentences (support precision). F1 against a sentence punished short, faithful
@@ -21,7 +20,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from gen import numbers as num
+from gen import names, numbers as num
 from gen.text import STOPWORDS, split_sentences
 
 _DIGITS = str.maketrans("०१२३४५६७८९", "0123456789")
@@ -72,25 +71,16 @@ def content_stems(text: str) -> list[str]:
 
 # ---------------------------------------------------------------- facts
 
-_light = num.fold  # dates, heads and titles keep their vowel signs (चैत्र and चित्र share a stem)
+_light = num.fold  # dates keep their vowel signs
 _DATE_WORDS = frozenset(_light(w) for w in (  # whole words: चैत्र and चित्र share a stem
   "जनवरी फ़रवरी फरवरी मार्च अप्रैल मई जून जुलाई अगस्त सितंबर सितम्बर अक्टूबर नवंबर नवम्बर दिसंबर दिसम्बर "
   "चैत्र वैशाख ज्येष्ठ आषाढ़ श्रावण सावन भाद्रपद भादो आश्विन कार्तिक मार्गशीर्ष अगहन पौष माघ फाल्गुन फागुन "
   "सोमवार मंगलवार बुधवार गुरुवार बृहस्पतिवार शुक्रवार शनिवार रविवार").split())
-# Heads and titles match as whole words (their stems collide: संत and सात both fold to सत).
-_PLACE_HEADS = frozenset(_light(w) for w in (
-  "घाट मंदिर मन्दिर कुंड कुण्ड आश्रम महल मस्जिद गली किला क़िला तालाब झील गुरुद्वारा स्तूप धाम मठ सरोवर "
-  "चौक गेट").split())
-_TITLES = frozenset(_light(w) for w in "श्री संत स्वामी महर्षि राजा महाराजा रानी डॉ बाबा भगवान".split())
-# Adjectives that stand before a head without naming anything ("पुराने मंदिर", "प्रसिद्ध घाट").
-_NOT_NAMES = frozenset(stem(w) for w in (
-  "प्रसिद्ध पुराना पुराने पुरानी बड़ा बड़े बड़ी छोटा छोटे छोटी नया नए नई सुंदर प्राचीन ऐतिहासिक मुख्य प्रमुख "
-  "पवित्र विशाल कई अनेक दूसरे दूसरा अन्य प्रत्येक हर सबसे").split())
 _QUANTITY_WORDS = frozenset(stem(w) for w in "लाखों हज़ारों हजारों सैकड़ों करोड़ों दर्जनों".split())
 _TIME_WORDS = frozenset(map(stem, _DATE_WORDS)) | frozenset(stem(w) for w in (
   "सुबह शाम रात दोपहर सूर्योदय सूर्यास्त बजे बजकर दिन सप्ताह महीने महीना साल वर्ष सदी शताब्दी ईस्वी सन् "
   "प्रतिदिन रोज़ रोज हमेशा त्योहार पर्व पूर्णिमा अमावस्या दिवाली देव दीपावली होली ऋतु सर्दी गर्मी बरसात मौसम").split())
-_LOCATIVES = frozenset(stem(w) for w in "में पर पास किनारे निकट समीप सामने बीच पीछे दूर भीतर अंदर".split())
+_LOCATIVES = frozenset(stem(w) for w in "में पर पास किनारे निकट समीप सामने बीच पीछे दूर भीतर अंदर ऊपर नीचे बाहर".split())
 # "free" answers a how-much question without a number: मुफ़्त, निःशुल्क, or a fee word with a negation
 _FREE = frozenset(stem(w) for w in "मुफ़्त मुफ्त निःशुल्क निशुल्क फ्री".split())
 _FEE = frozenset(stem(w) for w in "शुल्क पैसा पैसे किराया टिकट कीमत".split())
@@ -105,35 +95,16 @@ def numbers(text: str) -> set[float]:
   return num.values(text)
 
 
-def entities(text: str) -> set[str]:
-  """Stems of named entities and dates: Latin words, the word before a place head, after a title."""
-  toks = tokens(text)
-  stems = [stem(t) for t in toks]
-  out = {_light(t) for t in toks if _light(t) in _DATE_WORDS}
-
-  def name(j: int) -> bool:
-    return 0 <= j < len(toks) and stems[j] not in _STOP_STEMS | _NOT_NAMES and not toks[j][0].isdigit()
-  for i, (t, s) in enumerate(zip(toks, stems)):
-    if t.isascii() and t.isalpha() and len(t) > 1:
-      out.add(s)
-    elif _light(t) in _PLACE_HEADS and name(i - 1):
-      out.add(stems[i - 1])
-    elif _light(t) in _TITLES and name(i + 1):
-      out.add(stems[i + 1])
-  return out
-
-
 def unsupported_numbers(answer: str, context: str) -> list[str]:
   """Numbers and dates of the answer that the context does not state."""
   bad = [num.fmt(n) for n in sorted(numbers(answer) - numbers(context))]
   ctx_words = {_light(t) for t in tokens(context)}
-  return bad + sorted(e for e in entities(answer) & _DATE_WORDS if e not in ctx_words)
+  return bad + sorted(e for e in {_light(t) for t in tokens(answer)} & _DATE_WORDS if e not in ctx_words)
 
 
 def unsupported_entities(answer: str, context: str) -> list[str]:
-  """Named entities of the answer (not dates) whose stem the context lacks."""
-  ctx_stems = {stem(t) for t in tokens(context)}
-  return sorted(e for e in entities(answer) - _DATE_WORDS if e not in ctx_stems)
+  """Named entities of the answer (not dates: unsupported_numbers) that the context lacks (gen/names.py)."""
+  return [e for e in names.unsupported(answer, context) if not set(e.split()) & _DATE_WORDS]
 
 
 # ---------------------------------------------------------------- grounding and restating
@@ -199,7 +170,7 @@ def restatement(question: str, answer: str) -> str:
       locatives |= {stem(w) for w in ("का", "की", "के")}
     ans = [stem(t) for t in tokens(answer)]
     places = {ans[j] for i, s in enumerate(ans) if s in locatives for j in range(max(0, i - 3), i)}
-    if not (places | entities(answer)) & new_set:
+    if not places & new_set:
       return "where-question without a new place"
   return ""
 
