@@ -17,6 +17,7 @@ paraphrase that re-inflects the context's words still matches it.
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -37,6 +38,7 @@ _SYNONYMS = {"ज्यादा": "अधिक", "ज़्यादा": "अ
              "सैलानी": "पर्यटक", "पुराना": "प्राचीन", "पुरानी": "प्राचीन", "पुराने": "प्राचीन", "दर्शनार्थी": "भक्त"}
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def stem(token: str) -> str:
   """Fold one token: synonyms, digits ASCII, all combining marks and ZWJ/ZWNJ dropped, long vowels short."""
   token = _SYNONYMS.get(unicodedata.normalize("NFC", token), token)
@@ -52,9 +54,10 @@ def stem(token: str) -> str:
   return text
 
 
-def tokens(text: str) -> list[str]:
+@functools.lru_cache(maxsize=1 << 12)  # a context is tokenised for every pair of it
+def tokens(text: str) -> tuple[str, ...]:
   """Words and numbers of a text in order (NFC, lower case, digits ASCII)."""
-  return _TOKEN.findall(num.canonical(unicodedata.normalize("NFC", text)).lower().translate(_DIGITS))
+  return tuple(_TOKEN.findall(num.canonical(unicodedata.normalize("NFC", text)).lower().translate(_DIGITS)))
 
 
 _STOP_STEMS = frozenset(stem(w) for w in STOPWORDS) | frozenset(stem(w) for w in (
@@ -90,7 +93,7 @@ _DANGLING = frozenset("का की के ने और तथा एवं �
 _SENTENCE_FINAL = ("।", "॥", ".", "?", "!", "?", "\"", "'", ")")
 
 
-def numbers(text: str) -> set[float]:
+def numbers(text: str) -> frozenset[float]:
   """Numbers a text states, by value (gen/numbers.py)."""
   return num.values(text)
 

@@ -16,6 +16,7 @@ or आधा/आधे; AI4Bharat's indic-numtowords (numbers to words) is the r
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -44,6 +45,7 @@ _DIGIT_ORDINAL = re.compile(r"(\d+)(?:वाँ|वां|वीं|वी|व�
 NAME_HEADS = frozenset("घाट कुंड कुण्ड गली".split())
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def fold(word: str) -> str:
   """Light spelling fold for number words: NFC, nukta dropped, chandrabindu as anusvara."""
   text = unicodedata.normalize("NFD", word).replace("\u093c", "").replace("\u0901", "\u0902")
@@ -141,11 +143,13 @@ def fmt(value: float) -> str:
   return str(int(value)) if value == int(value) else repr(value)
 
 
-def values(text: str) -> set[float]:
+@functools.lru_cache(maxsize=1 << 12)  # contexts are read once per pair: cache them
+def values(text: str) -> frozenset[float]:
   """The numbers a text states, by value."""
-  return {v for _, _, v in spans(text)}
+  return frozenset(v for _, _, v in spans(text))
 
 
+@functools.lru_cache(maxsize=1 << 12)
 def canonical(text: str) -> str:
   """`text` with every number written as ASCII digits ("ढाई हज़ार रुपये" -> "2500 रुपये")."""
   out, pos = [], 0

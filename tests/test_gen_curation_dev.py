@@ -13,7 +13,7 @@ import json
 import pathlib
 
 import gen
-from gen.curate import curate_records
+from gen.curate import curate_records, pipeline_sweeps
 from gen.parse import PARSE_DROPS, parse_pairs
 from gen.text import nfc
 
@@ -69,7 +69,7 @@ def evaluate(cfg=None):
       for rid in members:
         gold[rid] = {**gold[rid], "keep": rid == kept_ids[0], "reason": "" if rid == kept_ids[0] else "duplicate_near"}
   scores = {split: _scores(gold, decided, split) for split in ("all", "dev", "heldout")}
-  return {**scores["all"], "splits": scores, "parse_drops": dict(parse_drops),
+  return {**scores["all"], "splits": scores, "parse_drops": dict(parse_drops), "kept": kept,
           "expected_parse_drops": dict(expected_drops), "decided": decided, "gold": gold, "rejected": rejected,
           "report": report, "formats": {o["format"] for o in outputs}, "places": {o["context"] for o in outputs}}
 
@@ -115,6 +115,29 @@ def test_dev_set_parse_recall_keep_precision_recall_and_accuracy():
     assert (group["kept"] is None) == (not gold_keep) and (group["kept"] is None or group["kept"] in gold_keep), group
   [group] = [g for g in conflicts if "दीये" in g["question"] and "देव दीपावली" in g["question"]]
   assert len(group["members"]) == 3 and sum(m["supported"] for m in group["members"]) == 1
+
+
+def test_threshold_sweeps_on_the_dev_set():
+  """The dry-run sweeps: per-pair thresholds from the pairs' scores, cross-pair ones by rerunning curation;
+  at the configured value each equals what the real run drops."""
+  r = evaluate()
+  cfg = gen.default_config().curate
+  sweeps = r["report"]["dry_run"]["sweeps"]
+  assert set(sweeps) >= {"grounding_threshold", "new_content_threshold", "min_devanagari_ratio", "min_question_tokens",
+                         "max_question_tokens", "min_answer_tokens", "max_answer_tokens", "contam_question_threshold"}
+  flags = r["report"]["dry_run"]["filters"]
+  assert sweeps["min_devanagari_ratio"]["values"]["0.8"]["would_drop"] == (
+    len({x["id"] for reason in ("not_hindi_question", "not_hindi_answer") for x in r["rejected"] if x["reason"] == reason}))
+  assert flags["not_hindi_answer"]["alone"] >= 2
+  synthetic = [{k: v for k, v in x.items() if k not in ("reason", "detail")} for x in r["rejected"]] + r["kept"]
+  from hinqa_jax import data
+  pipeline = pipeline_sweeps(synthetic, data.read_records(str(DEV / "contexts.json")), {}, cfg)
+  assert set(pipeline) == {"near_dup_threshold", "agree_threshold", "minhash_threshold"}
+  for key, sweep in pipeline.items():
+    actual = sum(x["reason"] in sweep["reasons"] for x in r["rejected"])
+    assert sweep["values"][str(cfg[key])]["would_drop"] == actual, (key, sweep, actual)
+  minhash = [row["would_drop"] for _, row in sorted(pipeline["minhash_threshold"]["values"].items())]
+  assert minhash == sorted(minhash, reverse=True) and minhash[0] > minhash[-1]  # lower threshold, more duplicates
 
 
 if __name__ == "__main__":  # print the figures and the mistakes (used to choose the thresholds)
