@@ -165,7 +165,7 @@ def _pair_checks(it: Item, cfg: Any, heldout: HeldOut, ctx_words: set) -> list[t
   bad = faithful.unsupported_numbers(it.a, ctx)
   if bad:
     flags.append(("unsupported_number", "not in the context: " + ", ".join(bad)))
-  bad = faithful.unsupported_entities(it.a, ctx)
+  bad = faithful.unsupported_entities(it.a, ctx, tuple(cfg.known_entities))
   if bad:
     flags.append(("unsupported_entity", "not in the context: " + ", ".join(bad)))
   why = faithful.restatement(it.q, it.a)

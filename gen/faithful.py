@@ -105,9 +105,9 @@ def unsupported_numbers(answer: str, context: str) -> list[str]:
   return bad + sorted(e for e in {_light(t) for t in tokens(answer)} & _DATE_WORDS if e not in ctx_words)
 
 
-def unsupported_entities(answer: str, context: str) -> list[str]:
-  """Named entities of the answer (not dates: unsupported_numbers) that the context lacks (gen/names.py)."""
-  return [e for e in names.unsupported(answer, context) if not set(e.split()) & _DATE_WORDS]
+def unsupported_entities(answer: str, context: str, known: tuple[str, ...] = ()) -> list[str]:
+  """Named entities of the answer (not dates: unsupported_numbers) that the context and `known` lack (gen/names.py)."""
+  return [e for e in names.unsupported(answer, context, known) if not set(e.split()) & _DATE_WORDS]
 
 
 # ---------------------------------------------------------------- grounding and restating

@@ -66,6 +66,11 @@ COMMON = """
 उपयोग इस्तेमाल प्रयोग होकर चाहिए पाना पाते पाती बताना बताया बताते दिखता दिखती दिखते दिखाई कराना करवाया करवाई करवाते
 घूमना घूमने घूमते ठहरना ठहरने रुकना रुकने खरीदना खरीदने खाना खाने पीना पीने नहाना स्नान डुबकी बैठना बैठने आयोजन
 आयोजित संस्था समिति सरकार विभाग काम बात चीज़ चीज़ें वस्तु सामान सजाना सजाया सजावट गाना गाते संगीत नृत्य
+अपना अपनी अपने मेरा मेरी हमारा हमारी आप आपका आपकी उनका उनकी उनके किसका किसकी किसके कौनसा कौनसी वाला वाली वाले
+अनुसार दौरान बारे बजाय सहित समेत मदद सहायता आकार आकृति कार्यक्रम तय तैयार बैठ बैठा रुक रुकती रुकते रुका ज़्यादातर
+ज्यादातर अधिकतर सूर्योदय सूर्यास्त कर्मचारी भुगतान गाइड बुकिंग सवारी नौका नौकाएँ सब्ज़ी सब्जी आलू सत्संग संस्कार
+अंतिम शांति शांत शोर आवाज़ साफ़ सफ़ाई गंदगी कूड़ा कूड़ेदान धोखा धोखाधड़ी ठगी दलाल सलाह जानकारी सूचना फ़ोटो फोटो
+खींचना खींचने कक्षा पढ़ाई छात्र विश्वविद्यालय विद्यालय अस्पताल पुलिस डॉक्टर ठहरना ठहरते मेहमान अतिथि मौजूदगी
 """.split()
 
 
@@ -117,9 +122,9 @@ def uncommon(text: str) -> set[str]:
   return {w for w in words(text) if _uncommon(w)}
 
 
-def unsupported(answer: str, context: str) -> list[str]:
-  """Entities of the answer (runs of uncommon words) that the context does not contain."""
-  known = Vocabulary(words(context))
+def unsupported(answer: str, context: str, known: tuple[str, ...] = ()) -> list[str]:
+  """Entities of the answer (runs of uncommon words) that neither the context nor `known` contains."""
+  known = Vocabulary(words(context) + [key(w) for k in known for w in _WORD.findall(k)])
   out, run = [], []
   for w in words(answer) + [""]:
     if _uncommon(w) and w not in known:

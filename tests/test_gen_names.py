@@ -53,3 +53,11 @@ def test_entities_the_context_lacks_are_found_without_heads():
 
 def test_unsupported_entity_is_a_curation_reason_before_grounding():
   assert REASONS.index("unsupported_entity") < REASONS.index("ungrounded")
+
+
+def test_known_entities_of_the_corpus_are_supported():
+  answer = "लमही गाँव वाराणसी शहर के पास है।"
+  assert names.unsupported(answer, "लमही गाँव शहर से आठ किलोमीटर दूर है।") == ["वाराणसी"]
+  assert names.unsupported(answer, "लमही गाँव शहर से आठ किलोमीटर दूर है।", known=("वाराणसी", "काशी")) == []
+  import gen
+  assert "वाराणसी" in gen.default_config().curate.known_entities
