@@ -185,7 +185,8 @@ def _unit_result(name: str, ctx: Context, sample: int, out: Any, base: dict) -> 
   provenance = {**base, "context_id": ctx.cid, "sample": sample, "unit": unit, "parse_status": parsed.status,
                 "finish_reason": finish}
   rows = [{"id": f"{name}-{ctx.cid}-{sample}-{k}", "domain": ctx.domain, "context": ctx.text,
-           "question": q, "answer": a, "source": name, "provenance": provenance}
+           "question": q, "answer": a, "source": name,
+           "provenance": {**provenance, "pair_index": k, "pairs_in_output": len(parsed.pairs)}}
           for k, (q, a) in enumerate(parsed.pairs)]
   return entry, rows
 

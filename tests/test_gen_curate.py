@@ -72,7 +72,7 @@ def test_grounding_keeps_supported_and_drops_invented_answers():
              rec("a-made-up", "A", "आरती में कौन से वाद्य बजते हैं?", "आरती में विदेशी संगीतकार ढोल और गिटार बजाते हैं।")]
   kept, reasons, _ = run(records)
   assert kept == {"a-keep", "a-boat"}
-  assert reasons == {"a-made-up": "ungrounded"}
+  assert reasons == {"a-made-up": "unsupported_entity"}  # संगीतकार, ढोल, गिटार: uncommon words the context lacks
   assert faithful.grounding_score(GOOD["answer"], CTX) > 0.6 > faithful.grounding_score(records[2]["answer"], CTX)
 
 
@@ -104,7 +104,7 @@ def test_same_frame_different_interrogative_is_not_a_duplicate():
 def test_duplicates_of_original_data_and_across_contexts():
   records = [rec("a-orig", "A", "गंगा आरती कहाँ होती है", "गंगा आरती दशाश्वमेध घाट पर होती है"),
              rec("b-orig-near", "B", "गंगा आरती कहां होति है?", "दशाश्वमेध घाट पर गंगा आरती होती है।"),
-             rec("b-orig-conflict", "B", "गंगा आरती कहा होती है?", "गंगा आरती अस्सी घाट पर होती है।"),
+             rec("b-orig-conflict", "B", "गंगा आरती कहा होती है?", "गंगा आरती नाव पर होती है।"),
              GOOD, rec("z-other-ctx", "Z", GOOD["question"], GOOD["answer"], ctx=CTX + " नया वाक्य।")]
   kept, reasons, _ = run(records)
   assert kept == {"a-keep"}
