@@ -35,8 +35,10 @@ from typing import Any, Iterable, Mapping
 from gen import backends as backends_lib
 from gen import clusters, faithful, prompts, report as report_lib
 from gen.judge import judge_assignment, judge_pairs
-from gen.synthesize import context_id, field, write_atomic
-from gen.text import char_ngrams, devanagari_ratio, loose_key, nfc, norm_tokens, question_type, word_ngrams
+from gen.synthesize import context_id, field
+from gen.text import char_ngrams, loose_key, norm_tokens, question_type, word_ngrams
+from hinqa_jax.files import write_atomic
+from hinqa_jax.records import devanagari_ratio, normalize_text, read_records
 
 REASONS = ("not_hindi_question", "not_hindi_answer", "too_short", "too_long", "incomplete_answer", "contaminated",
            "unsupported_number",
@@ -110,7 +112,7 @@ class HeldOut:
     for split, records in splits.items():
       seen_ctx = set()
       for r in records:
-        q, ctx = nfc(str(field(r, "question"))), nfc(str(field(r, "context")))
+        q, ctx = normalize_text(str(field(r, "question"))), normalize_text(str(field(r, "context")))
         if q:
           grams = char_ngrams(loose_key(q), ngram)
           for g in grams:
@@ -191,13 +193,13 @@ def curate_records(synthetic: list[dict], originals: Iterable[Any], heldout: Map
   orig_by_ctx: dict[str, list[tuple[str, str, str]]] = collections.defaultdict(list)
   orig_all = []
   for r in originals:
-    ctx, q, a = nfc(str(field(r, "context"))), nfc(str(field(r, "question"))), nfc(str(field(r, "answer")))
+    ctx, q, a = normalize_text(str(field(r, "context"))), normalize_text(str(field(r, "question"))), normalize_text(str(field(r, "answer")))
     if ctx and q and a:
       orig_by_ctx[context_id(str(field(r, "domain")), ctx)].append((str(field(r, "id")), q, a))
       orig_all.append((str(field(r, "id")), q, a))
   items, ctx_words = [], {}
   for rec in sorted(synthetic, key=lambda r: (r.get("source", ""), r["id"])):
-    rec = {**rec, "context": nfc(rec["context"]), "question": nfc(rec["question"]), "answer": nfc(rec["answer"]),
+    rec = {**rec, "context": normalize_text(rec["context"]), "question": normalize_text(rec["question"]), "answer": normalize_text(rec["answer"]),
            "source": rec.get("source") or "unknown"}
     cid = context_id(str(rec.get("domain", "")), rec["context"])
     if cid not in ctx_words:
@@ -260,8 +262,7 @@ def pipeline_sweeps(synthetic: list[dict], originals: Iterable[Any], heldout: Ma
 
 
 def _read_split(path: str) -> list:
-  from hinqa_jax import data  # noqa: PLC0415 -- the reader shared with training
-  return list(data.read_records(path))
+  return list(read_records(path))
 
 
 def curate(config: Any, *, judge_backends: Mapping[str, backends_lib.Backend] | None = None,

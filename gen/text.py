@@ -1,4 +1,5 @@
-"""Hindi text helpers for curation: normalisation, script ratio, n-grams, token F1, sentences.
+"""Hindi text helpers for curation: n-grams, token F1, sentences (normalisation and the Devanagari
+ratio are the readers', in hinqa_jax/records.py).
 
 Two normal forms are used on purpose:
 Numbers are written as their values first (gen/numbers.py: "चौदह", "१४" and "14" are one token).
@@ -15,7 +16,6 @@ import unicodedata
 
 from gen.numbers import canonical
 
-_DEVANAGARI = re.compile(r"[\u0900-\u097F\uA8E0-\uA8FF]")
 # Sentence ends: danda, double danda, ? and !, newlines, and a full stop that is not a decimal point.
 _SENTENCE_END = re.compile(r"[।॥?!\n]+|(?<!\d)\.(?!\d)")
 # Independent long vowels written for their short form (and vice versa) in loose spelling.
@@ -25,22 +25,6 @@ _DIGITS = str.maketrans("०१२३४५६७८९", "0123456789")
 STOPWORDS = frozenset(
   "है हैं था थे थी थीं हो होता होती होते होना की का के में से को पर और भी यह वह ये वे इस उस इन उन "
   "एक ने तो ही कि जो या लिए किया किए करता करती करते जाता जाती जाते गया गई गए रहा रही रहे".split())
-
-
-def nfc(text: str) -> str:
-  """NFC-normalise and collapse runs of whitespace."""
-  return " ".join(unicodedata.normalize("NFC", text).split())
-
-
-def devanagari_ratio(text: str) -> float:
-  """Share of letters (incl. vowel signs) that are Devanagari; 0.0 for text without letters."""
-  deva = other = 0
-  for ch in text:
-    if _DEVANAGARI.match(ch):
-      deva += 1
-    elif ch.isalpha():
-      other += 1
-  return deva / (deva + other) if deva + other else 0.0
 
 
 def _strip_punct(text: str) -> str:

@@ -53,7 +53,7 @@ def main(argv):
     result = plan.plan(config, FLAGS.target, loss_cap=loss_cap)
     print(plan.report(result))
     if FLAGS.json:
-      from hinqa_jax.distributed import write_atomic
+      from hinqa_jax.files import write_atomic
       write_atomic(FLAGS.json, json.dumps(result, indent=2, default=str))
     return
   if not FLAGS.workdir:

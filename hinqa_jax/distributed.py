@@ -5,8 +5,8 @@ HINQA_PROCESS_ID (set by launch/local.sh and the tests), then JAX's auto-detecti
 SLURM variables), which `jax.distributed.initialize()` does by itself when called without arguments.
 
 The workdir rule: every process runs the same program; process 0 alone writes shared files (`main_only`),
-the others wait for it at a named barrier; temp files carry host, pid and process index in their name and
-are renamed into place (`write_atomic`); Orbax writes from every process as it is designed to. Barriers
+the others wait for it at a named barrier; temp files carry host and pid in their name and
+are renamed into place (`files.write_atomic`); Orbax writes from every process as it is designed to. Barriers
 and the values process 0 hands to the others go through the coordination service of `jax.distributed`,
 not through a device collective: a CPU (gloo) collective gives up after 30 s when one process is busy
 writing, a coordination barrier waits as long as it is told.
@@ -24,7 +24,6 @@ import itertools
 import json
 import logging
 import os
-import socket
 import sys
 import threading
 import time
@@ -205,15 +204,6 @@ def failing_together():
     with contextlib.suppress(Exception):  # another process may have failed first: its error stands
       client.key_value_set(FAILED_KEY, json.dumps({"process": me, "error": f"{type(err).__name__}: {err}"}))
     _exit_after_failure(client, me)
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-  """Write text beside `path` under a name unique to this process, then rename it into place."""
-  path = Path(path)
-  tmp = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}-{jax.process_index()}.tmp")
-  tmp.write_text(text, encoding="utf-8")
-  os.replace(tmp, path)
-  return path
 
 
 def check_shared_dir(path: str | os.PathLike) -> None:

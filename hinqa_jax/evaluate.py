@@ -17,7 +17,10 @@ from typing import Any
 import jax
 from tqdm import tqdm
 
-from hinqa_jax import data, decode, distributed, metrics
+from hinqa_jax import decode, distributed, metrics
+from hinqa_jax.examples import encode_prompt
+from hinqa_jax.files import write_atomic
+from hinqa_jax.records import Record, read_records
 from hinqa_jax.tokenizer import stop_ids
 
 log = logging.getLogger(__name__)
@@ -62,10 +65,10 @@ def load_stage(config, workdir: str | os.PathLike, stage: str, mesh, vocab: int)
 
 # ----------------------------------------------------------------------------- generation and scores
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-  distributed.write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+  write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-def predict(cfg, params, tokenizer, records: list[data.Record], *, adapters=None, lora_cfg=None,
+def predict(cfg, params, tokenizer, records: list[Record], *, adapters=None, lora_cfg=None,
             template: str = "auto", max_new_tokens: int = 64, batch_size: int = 16, max_prompt_tokens: int | None = None,
             progress: bool = True, desc: str = "generate", mesh=None) -> list[str]:
   """Greedy answers for records, in their order. Prompts are batched by length to waste little padding.
@@ -74,11 +77,11 @@ def predict(cfg, params, tokenizer, records: list[data.Record], *, adapters=None
   budget = min(cfg.max_seq_len, max_prompt_tokens or cfg.max_seq_len) - max_new_tokens
   prompts = []
   for r in records:
-    ids = data.encode_prompt(tokenizer, r, template)
+    ids = encode_prompt(tokenizer, r, template)
     if len(ids) > budget:  # cut the context, never the question, to leave room for the answer
       over = len(ids) - budget
       n_ctx = len(tokenizer.encode(r.context, add_special_tokens=False))
-      ids = data.encode_prompt(tokenizer, r, template, max_context_tokens=max(n_ctx - over - 8, 0))
+      ids = encode_prompt(tokenizer, r, template, max_context_tokens=max(n_ctx - over - 8, 0))
     prompts.append(ids)
   answers: list[str] = [""] * len(records)
   stops = stop_ids(tokenizer)
@@ -92,7 +95,7 @@ def predict(cfg, params, tokenizer, records: list[data.Record], *, adapters=None
   return answers
 
 
-def evaluate_split(name: str, records: list[data.Record], out_dir: str | os.PathLike, cfg, params, tokenizer, *,
+def evaluate_split(name: str, records: list[Record], out_dir: str | os.PathLike, cfg, params, tokenizer, *,
                    adapters=None, lora_cfg=None, eval_cfg=None, template: str = "auto", max_prompt_tokens=None,
                    progress: bool = True, mesh=None) -> dict[str, Any]:
   """Predict, save `<out_dir>/<name>.predictions.jsonl`, score. Returns the split's scores (on every process)."""
@@ -129,7 +132,7 @@ def evaluate_all(split_paths: dict[str, str], out_dir: str | os.PathLike, cfg, p
       results[name] = {"n": 0, "note": f"split {name}: no file configured"}
       continue
     try:
-      records = data.read_records(path, strict=False)
+      records = read_records(path, strict=False)
     except (ValueError, FileNotFoundError) as err:
       results[name] = {"n": 0, "note": f"split {name}: {err}"}
       continue
@@ -137,7 +140,7 @@ def evaluate_all(split_paths: dict[str, str], out_dir: str | os.PathLike, cfg, p
 
   def save() -> None:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    distributed.write_atomic(Path(out_dir) / "scores.json", json.dumps(results, indent=2, ensure_ascii=False))
+    write_atomic(Path(out_dir) / "scores.json", json.dumps(results, indent=2, ensure_ascii=False))
 
   distributed.main_only("scores.json", save)
   return results

@@ -19,7 +19,8 @@ import jax
 
 from hinqa_jax import distributed, locks
 from hinqa_jax.config import with_overrides
-from hinqa_jax.stages import cached, content_hash, file_digest, plain, portable, stage_key, weights_digest
+from hinqa_jax.files import file_digest, write_atomic
+from hinqa_jax.stages import cached, content_hash, plain, portable, stage_key, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +86,12 @@ _with = with_overrides  # the commands' short name for it
 def _tokenizer(config, workdir: Path) -> str:
   if config.tokenizer.path:
     return str(config.tokenizer.path)
-  from hinqa_jax import tokenizer
+  from hinqa_jax.examples import build_bundled_tokenizer
   out = workdir / "tokenizer"
 
   def build() -> None:
     if not (out / "tokenizer.json").exists():
-      tokenizer.build_bundled_tokenizer(train_path=config.data.train[0], out_dir=out)
+      build_bundled_tokenizer(train_path=config.data.train[0], out_dir=out)
 
   distributed.main_only("tokenizer", build)
   return str(out)
@@ -124,9 +125,10 @@ def _base(config, workdir: Path) -> str:
   """The frozen base: config.model.hf_path, or (pretrain.steps > 0) a small model pretrained here."""
   if config.pretrain.steps <= 0:
     return config.model.hf_path
-  from hinqa_jax import bootstrap, data
+  from hinqa_jax import bootstrap
+  from hinqa_jax.records import read_records
   from hinqa_jax.tokenizer import load_tokenizer
-  records = [r for f in config.data.train for r in data.read_records(f, strict=False)]
+  records = [r for f in config.data.train for r in read_records(f, strict=False)]
   tok = load_tokenizer(config.tokenizer.path)
   c = _with(config, **{"model.hf_path": ""})
   return _full_stage(c, workdir, "base", lambda: bootstrap.corpus_examples(tok, records, config.data.seq_len),
@@ -142,10 +144,11 @@ def _synthetic(config, workdir: Path) -> list[str]:
   import copy
 
   import gen
-  from hinqa_jax import bootstrap, data
+  from hinqa_jax import bootstrap
+  from hinqa_jax.records import read_records
   from hinqa_jax.tokenizer import load_tokenizer
   gen_cfg = copy.deepcopy(config.gen)
-  records = [r for f in config.data.train for r in data.read_records(f, strict=False)]
+  records = [r for f in config.data.train for r in read_records(f, strict=False)]
   tok = load_tokenizer(config.tokenizer.path)
   with gen_cfg.unlocked():
     gen_cfg.out_dir = str(workdir / "gen")
@@ -191,7 +194,7 @@ def _subsets(config, workdir: Path, synthetic: list[str]) -> dict[str, list[str]
   out.mkdir(parents=True, exist_ok=True)
 
   def write(name: str, lines: list[str]) -> str:
-    return str(distributed.write_atomic(out / f"{name}.jsonl", "".join(line + "\n" for line in lines)))
+    return str(write_atomic(out / f"{name}.jsonl", "".join(line + "\n" for line in lines)))
 
   if config.run.per_teacher:
     for teacher in sorted(set(sources)):

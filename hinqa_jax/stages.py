@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hinqa_jax import distributed
+from hinqa_jax.files import file_digest, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +39,6 @@ def portable(obj: Any, workdir: str | os.PathLike) -> Any:
 def plain(config) -> dict:
   """A config as plain JSON values."""
   return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
-
-
-_digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> digest, per process
-
-
-def file_digest(path: str | os.PathLike) -> str:
-  """16 hex digits of the sha256 of a file's bytes, or "missing". Streamed (a 5 GB weight shard is never
-  in memory) and remembered by (path, size, mtime), so a file is read once per process."""
-  p = Path(path)
-  if not p.is_file():
-    return "missing"
-  st = p.stat()
-  memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-  if memo not in _digests:
-    with open(p, "rb") as f:
-      _digests[memo] = hashlib.file_digest(f, "sha256").hexdigest()[:16]
-  return _digests[memo]
 
 
 WEIGHT_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json")
@@ -94,7 +78,7 @@ def cached(stage_dir: Path, key: str, fn) -> dict:
       log.info("%s: config changed, re-running", stage_dir.name)
       shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    distributed.write_atomic(started, key)
+    write_atomic(started, key)
     return None
 
   finished = distributed.main_only(f"begin {stage_dir.name}", begin)
@@ -102,6 +86,6 @@ def cached(stage_dir: Path, key: str, fn) -> dict:
     log.info("%s: up to date, skipped", stage_dir.name)
     return finished["result"]
   result = fn()
-  distributed.main_only(f"done {stage_dir.name}", lambda: distributed.write_atomic(
+  distributed.main_only(f"done {stage_dir.name}", lambda: write_atomic(
       done, json.dumps({"key": key, "result": result}, indent=2, default=str)))
   return result

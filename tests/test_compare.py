@@ -4,9 +4,10 @@ import pytest
 import sacrebleu
 from sacrebleu.significance import PairedTest
 
-from hinqa_jax import data, metrics
+from hinqa_jax import metrics
+from hinqa_jax.records import read_records
 
-REFS = [r.answer for r in data.read_records("data/vatika_mini/test2.json")]
+REFS = [r.answer for r in read_records("data/vatika_mini/test2.json")]
 # Two imperfect systems of different quality: A keeps each answer's first half, B drops its last word.
 SYS_A = [" ".join(r.split()[:max(1, len(r.split()) // 2)]) for r in REFS]
 SYS_B = [" ".join(r.split()[:-1]) if i % 3 else r for i, r in enumerate(REFS)]

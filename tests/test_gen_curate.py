@@ -7,6 +7,7 @@ import gen
 from gen.curate import curate_records
 from gen import faithful, text
 from gen.synthesize import context_id
+from hinqa_jax.records import devanagari_ratio
 
 CTX = ("दशाश्वमेध घाट पर गंगा आरती हर शाम सूर्यास्त के बाद होती है। आरती लगभग पैंतालीस मिनट तक चलती है। "
        "इसमें सात पुजारी बड़े दीपकों के साथ भाग लेते हैं। आरती देखने के लिए नाव से भी जाया जा सकता है।")
@@ -53,7 +54,7 @@ def test_text_keys_ignore_matras_punctuation_and_word_order():
   assert text.loose_key("कितने पुजारी आरती में भाग लेते हैं।") == base  # word order
   assert text.loose_key("क़िला कहाँ है") == text.loose_key("किला कहा है")  # nukta, anusvara
   assert text.loose_key("घाट पर नाव कब मिलती है?") != base
-  assert text.devanagari_ratio("गंगा आरती") == 1.0 and text.devanagari_ratio("Ganga आरती") < 0.6
+  assert devanagari_ratio("गंगा आरती") == 1.0 and devanagari_ratio("Ganga आरती") < 0.6
   assert text.split_sentences("एक। दो? तीन! 4.5 किमी") == ["एक", "दो", "तीन", "4.5 किमी"]
 
 

@@ -15,13 +15,13 @@ import pathlib
 import gen
 from gen.curate import curate_records, pipeline_sweeps
 from gen.parse import PARSE_DROPS, parse_pairs
-from gen.text import nfc
+from hinqa_jax.records import normalize_text
 
 DEV = pathlib.Path(__file__).parent / "data" / "curation_dev"
 
 
 def _key(question):
-  return " ".join(nfc(question).split())
+  return " ".join(normalize_text(question).split())
 
 
 def evaluate(cfg=None):
@@ -30,8 +30,8 @@ def evaluate(cfg=None):
   Gold pairs sharing a `same` group are one fact written twice (often with the number written
   differently): keeping exactly one of them is right, whichever it is.
   """
-  from hinqa_jax import data
-  originals = data.read_records(str(DEV / "contexts.json"))
+  from hinqa_jax.records import read_records
+  originals = read_records(str(DEV / "contexts.json"))
   contexts = {r.id.removeprefix("o-"): r.context for r in originals}
   outputs = [json.loads(line) for line in (DEV / "outputs.jsonl").read_text(encoding="utf-8").splitlines()]
   synthetic, gold, parse_drops = [], {}, collections.Counter()
@@ -91,9 +91,9 @@ def test_dev_set_parse_recall_keep_precision_recall_and_accuracy():
   r = evaluate()
   wrong = {rid: (g["keep"], g["reason"], r["decided"].get(rid), g["question"]) for rid, g in r["gold"].items()
            if (r["decided"].get(rid) == "") != g["keep"]}
-  from hinqa_jax import data
+  from hinqa_jax.records import read_records
   bundled = "".join(p.read_text(encoding="utf-8") for p in (pathlib.Path(__file__).parents[1] / "data").rglob("*.json"))
-  originals = data.read_records(str(DEV / "contexts.json"))
+  originals = read_records(str(DEV / "contexts.json"))
   new_places = [r.context for r in originals if " ".join(r.context.split()[:2]) not in bundled]  # "चुनार का", "लमही गाँव"
   assert r["pairs"] >= 150 and len(r["formats"]) >= 12 and len(new_places) >= 8, (r["pairs"], r["formats"])
   assert r["parse_recall"] >= 0.95, r["parse_recall"]
@@ -130,8 +130,8 @@ def test_threshold_sweeps_on_the_dev_set():
     len({x["id"] for reason in ("not_hindi_question", "not_hindi_answer") for x in r["rejected"] if x["reason"] == reason}))
   assert flags["not_hindi_answer"]["alone"] >= 2
   synthetic = [{k: v for k, v in x.items() if k not in ("reason", "detail")} for x in r["rejected"]] + r["kept"]
-  from hinqa_jax import data
-  pipeline = pipeline_sweeps(synthetic, data.read_records(str(DEV / "contexts.json")), {}, cfg)
+  from hinqa_jax.records import read_records
+  pipeline = pipeline_sweeps(synthetic, read_records(str(DEV / "contexts.json")), {}, cfg)
   assert set(pipeline) == {"near_dup_threshold", "agree_threshold", "minhash_threshold"}
   for key, sweep in pipeline.items():
     actual = sum(x["reason"] in sweep["reasons"] for x in r["rejected"])

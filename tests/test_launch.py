@@ -64,7 +64,7 @@ def test_shellcheck_catches_a_planted_error(tmp_path):
 @pytest.mark.parametrize("mesh", [None, (1, 1, 8)], ids=["config", "tensor-across-processes"])
 def test_local_two_processes_match_one_process(tmp_path, monkeypatch, mesh):
   from hinqa_jax import config as config_lib, pipeline
-  from hinqa_jax.tokenizer import build_bundled_tokenizer
+  from hinqa_jax.examples import build_bundled_tokenizer
   from hinqa_jax.tracking import read_metrics
   tok = tmp_path / "tok"
   build_bundled_tokenizer(out_dir=tok)
