@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+from hinqa_jax.files import write_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -43,9 +45,7 @@ class MetricsWriter:
       return
     if self.path.exists():
       kept = [r for r in _parse(self.path) if r["step"] <= resume_step]
-      tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-      tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-      os.replace(tmp, self.path)
+      write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
     try:
       from tensorboardX.event_file_writer import EventsWriter
     except ImportError:  # TensorBoard files are a convenience; metrics.jsonl is the record
