@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from gen import prompts
 from hinqa_jax import hf, packing
 from hinqa_jax.examples import Example
 from hinqa_jax.records import Record
@@ -38,7 +39,6 @@ def teacher_examples(tok: Any, records: list[Record], gen_config: Any, seq_len: 
                      seed: int) -> list[Example]:
   """gen's prompt for a context (as synthesize will send it) -> {"pairs": [num_pairs of its QA pairs]}, the object the
   prompt and the structured-output schema ask for."""
-  from gen import prompts
   by_context: dict[tuple[str, str], list[Record]] = {}
   for r in records:
     by_context.setdefault((r.domain, r.context), []).append(r)

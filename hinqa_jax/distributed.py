@@ -34,6 +34,8 @@ from typing import Any, Callable, TypeVar
 
 import jax
 import numpy as np
+from jax._src import distributed as jax_distributed  # private: see _client
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 _initialized = False
@@ -89,7 +91,6 @@ def is_main() -> bool:
 def _client():
   # jax.distributed's coordination client: no public handle in jax 0.10 (Orbax and jax's own
   # array_serialization reach it the same way).
-  from jax._src import distributed as jax_distributed
   client = jax_distributed.global_state.client
   if client is None:
     raise RuntimeError(f"{jax.process_count()} processes but jax.distributed is not initialized")
@@ -237,6 +238,5 @@ def to_host(x: Any) -> np.ndarray:
 
   Call it on every process for an array that spans processes: the gather is a collective."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))

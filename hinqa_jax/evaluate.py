@@ -17,7 +17,7 @@ from typing import Any
 import jax
 from tqdm import tqdm
 
-from hinqa_jax import decode, distributed, metrics
+from hinqa_jax import checkpoint, decode, distributed, lora, metrics, sharding, train as train_lib, validation
 from hinqa_jax.examples import encode_prompt
 from hinqa_jax.files import write_atomic
 from hinqa_jax.records import Record, read_records
@@ -36,7 +36,6 @@ def load_adapters(stage_dir: str | os.PathLike, cfg, lcfg=None, mesh=None):
   and export need no re-typing; a checkpoint of another model, a full-training stage or arrays that do
   not match their metadata are refused before anything is read. Any mesh, any number of processes
   (default mesh: every device, data parallel)."""
-  from hinqa_jax import checkpoint, lora, sharding, train as train_lib, validation
   ckpt = validation.selected_checkpoints(stage_dir)
   if not ckpt.is_dir():
     raise FileNotFoundError(f"stage {Path(stage_dir).name}: no checkpoints at {ckpt} (train it first)")
@@ -57,7 +56,6 @@ def load_adapters(stage_dir: str | os.PathLike, cfg, lcfg=None, mesh=None):
 def load_stage(config, workdir: str | os.PathLike, stage: str, mesh, vocab: int):
   """(cfg, base params, adapters, LoraConfig) of a trained stage on `mesh`: the adapters first (their checks
   are cheap), then the base created or read already sharded, exactly as training had it."""
-  from hinqa_jax import train as train_lib
   cfg = train_lib.model_config(config, vocab)
   adapters, lcfg = load_adapters(Path(workdir) / stage, cfg, mesh=mesh)
   return cfg, train_lib.load_base(config, cfg, mesh), adapters, lcfg

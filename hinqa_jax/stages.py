@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,6 @@ def cached(stage_dir: Path, key: str, fn) -> dict:
     if done.exists() and json.loads(done.read_text())["key"] == key:
       return json.loads(done.read_text())
     if started.exists() and started.read_text() != key:
-      import shutil
       log.info("%s: config changed, re-running", stage_dir.name)
       shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)

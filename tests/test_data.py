@@ -2,6 +2,7 @@
 import csv
 import json
 import logging
+import re
 from pathlib import Path
 
 import ml_collections
@@ -430,7 +431,7 @@ def test_epochs_are_permutations_and_wrap_across_batches(packed):
   np.testing.assert_array_equal(big, flat[2 * n + 1:4 * n + 2])
 
 
-def test_bundled_set_packs_at_least_90_percent(tmp_path):
+def test_bundled_set_packs_as_efficiently_as_the_readme_says(tmp_path):
   rebuilt = build_bundled_tokenizer(out_dir=tmp_path / "tok")
   assert len(rebuilt) == 4096
   tok_dir = REPO / "data" / "tokenizer"
@@ -439,7 +440,10 @@ def test_bundled_set_packs_at_least_90_percent(tmp_path):
         "data/tokenizer is stale: rebuild it with examples.build_bundled_tokenizer()")
   tok = rebuilt
   manifest = packing.prepare(make_config(tok, [BUNDLED / "train.json"], seq_len=512), tmp_path / "p")
-  assert manifest["packing_efficiency"] >= 0.90, manifest["packing_efficiency"]
+  # The README's figure is this run's: best-fit decreasing on train.json at seq_len 512.
+  claim = re.search(r"packing is (\d+\.\d)% efficient on\s+the bundled set", (REPO / "README.md").read_text())
+  assert claim, "README.md no longer states the bundled set's packing efficiency"
+  assert f"{100 * manifest['packing_efficiency']:.1f}" == claim.group(1), manifest["packing_efficiency"]
   assert manifest["skipped"] == []
   records = read_records(BUNDLED / "train.json")
   check_rows(packing.PackedDataset(tmp_path / "p"), tok, [r.answer for r in records])
