@@ -367,7 +367,7 @@ def test_prepare_packs_exactly_and_writes_a_manifest(tmp_path, tok, capsys):
   assert manifest["packing_efficiency"] == pytest.approx((batch["segment_ids"] > 0).mean())
   assert all(batch[k].dtype == np.int32 and batch[k].shape == (ds.num_rows, 256) for k in packing.KEYS)
   check_rows(ds, tok, [r.answer for r in records] + ["उत्तर: " + r.answer for r in records])
-  assert not (tmp_path / "packed.tmp").exists()
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith(".packed")]  # no temporary dir left behind
 
 
 def test_prepare_strict_stops_before_writing_and_skip_mode_reports(tmp_path, tok):
@@ -375,7 +375,7 @@ def test_prepare_strict_stops_before_writing_and_skip_mode_reports(tmp_path, tok
   out = tmp_path / "packed"
   with pytest.raises(ValueError, match=r"bad\.json: domains\[0\]\.contexts\[0\]\.qas\[1\] \(id 'no-q'\): no question"):
     packing.prepare(make_config(tok, [bad], strict=True), out)
-  assert not out.exists() and not (tmp_path / "packed.tmp").exists()
+  assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".packed")]
   manifest = packing.prepare(make_config(tok, [bad], seq_len=256), out)
   assert {(s["id"], s["reason"].split(" (")[0]) for s in manifest["skipped"]} == {
       ("no-q", "no question"), ("empty-a", "empty answer"), ("ok-1", "duplicate id")}

@@ -221,7 +221,7 @@ def test_curate_merges_shards_writes_outputs_and_is_deterministic(tmp_path):
   first = {f: (out / f).read_bytes() for f in ("synthetic.jsonl", "rejected.jsonl", "report.json", "report.md")}
   gen.curate(c, originals=ORIGINALS, heldout=HELDOUT)
   assert first == {f: (out / f).read_bytes() for f in first}
-  assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+  assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
 
 
 def test_bad_teacher_file_names_file_and_line(tmp_path):
