@@ -29,6 +29,7 @@ MAY_IMPORT_GEN = {"hinqa_jax.pipeline", "hinqa_jax.bootstrap", "hinqa_jax.__main
 
 # Imports inside functions that name a module of the two packages, each with the reason it stays there.
 LAZY_OK = {
+    ("gen.__main__", "gen.__init__"): "after flag parsing, so `python -m gen --help` stays fast",
     ("gen.backends", "hinqa_jax.decode"): "the JAX teacher only: `import gen` works where JAX is not installed",
     ("gen.backends", "hinqa_jax.hf"): "the JAX teacher only: `import gen` works where JAX is not installed",
     ("gen.backends", "hinqa_jax.tokenizer"): "the JAX teacher only: `import gen` works where JAX is not installed",
@@ -52,8 +53,8 @@ def imports(path: Path) -> list[tuple[str, bool, int]]:
   known = set(modules())
   out = []
   for node in ast.walk(tree):
-    if isinstance(node, ast.Import):
-      names = [alias.name for alias in node.names]
+    if isinstance(node, ast.Import):  # `import gen` runs gen/__init__.py
+      names = [f"{a.name}.__init__" if a.name in PACKAGES else a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
       # `from hinqa_jax import data` names a module; `from hinqa_jax.data import x` names its module.
       names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
