@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from hinqa_jax import cli
 
 COMMANDS = ("run", "prepare", "train", "evaluate", "export", "convert", "plan")
 # What each command does, its flags beside --config, and the config sections it reads (`COMMAND --help`).
@@ -45,46 +46,14 @@ flags.DEFINE_integer("loss_cap", None, "plan: the head's positions per row (defa
 FLAGS = flags.FLAGS
 
 
-def _command_help(argv: list[str]) -> str:
-  """`python -m hinqa_jax COMMAND --help [--config=FILE]`: the command, its flags and the config keys it reads,
-  with their values in FILE (else the default config) and the comments that declare them."""
-  from hinqa_jax import config as config_lib
-  command = next(a for a in argv[1:] if a in COMMANDS)
+def _command_help(command: str, argv: list[str]) -> str:
+  """`python -m hinqa_jax COMMAND --help [--config=FILE]`: the keys with their values in FILE (else the default
+  config) and the comments that declare them in hinqa_jax/config.py (then FILE)."""
+  from hinqa_jax import cli, config as config_lib
   what, own_flags, sections = _HELP[command]
-  config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  config = config_lib.load(config_file) if config_file else config_lib.default_config()
-  lines = [f"python -m hinqa_jax {command} --config=FILE [flags] [--config.KEY=VALUE ...]", f"  {what}", "", "flags:"]
-  lines += [f"  --{FLAGS[name].name}: {FLAGS[name].help}" for name in ("config", *own_flags)]
-  lines += ["", f"config keys {command} reads, as set by {config_file or 'the default config (hinqa_jax/config.py)'}:",
-            config_lib.describe(config, sections, config_file)]
-  return "\n".join(lines)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with `COMMAND --help` per command and every bad flag, config file or config key as
-  one line on stderr (exit 2) before anything is imported or compiled."""
-  if any(a in ("-h", "--help", "--helpshort") for a in argv) and any(a in COMMANDS for a in argv[1:]):
-    print(_command_help(argv))
-    sys.exit(0)
-  config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if config_file is not None and not os.path.isfile(config_file):
-    _fail(f"--config={config_file}: no such file (the configs are in configs/)")
-  try:
-    return FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, OSError, TypeError, ValueError) as err:
-    cause = err
-    while cause.__cause__ is not None or cause.__context__ is not None:  # the config loader's own words
-      cause = cause.__cause__ or cause.__context__
-    bad = next((a for a in argv if a.startswith("--config.") and str(cause).strip("'\"") in a), None)
-    what = f"{bad.split('=')[0]}: no such config key" if isinstance(cause, (AttributeError, KeyError)) and bad else \
-        str(err).splitlines()[0]
-    _fail(f"{what} (python -m hinqa_jax COMMAND --help lists the flags and config keys)")
-
-
-def _fail(message: str) -> None:
-  """One line on stderr and exit status 2 (absl's UsageError would print the whole flag list after it)."""
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  path = cli.config_file(argv)
+  config = config_lib.load(path) if path else config_lib.default_config()
+  return cli.command_help("hinqa_jax", command, what, own_flags, sections, config, path, [config_lib.__file__])
 
 
 def main(argv):
@@ -92,22 +61,22 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's INFO lines; this also sets the root logger's level
   logging.getLogger("hinqa_jax").setLevel(logging.INFO)  # so our own progress lines ("m1: up to date, skipped") stay
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    _fail(f"usage: python -m hinqa_jax {{{'|'.join(COMMANDS)}}} --config=... --workdir=... (COMMAND --help: its keys)")
+    cli.fail(f"usage: python -m hinqa_jax {{{'|'.join(COMMANDS)}}} --config=... --workdir=... (COMMAND --help: its keys)")
   command, config = argv[1], FLAGS.config
   if command in ("train", "run"):  # before jax starts its threads (hostmem.py: training steps only)
     from hinqa_jax import hostmem
     hostmem.keep_freed_memory()
   if config is None:
-    _fail("--config is required")
+    cli.fail("--config is required")
   from hinqa_jax.config import check
   try:
     check(config)
   except ValueError as err:
-    _fail(str(err))
+    cli.fail(str(err))
   if command == "plan":
     from hinqa_jax import pipeline, plan, targets
     if not FLAGS.target:
-      _fail(f"plan needs --target=NAME: {', '.join(targets.TARGETS)} or cpu-N (N fake CPU devices)")
+      cli.fail(f"plan needs --target=NAME: {', '.join(targets.TARGETS)} or cpu-N (N fake CPU devices)")
     loss_cap = FLAGS.loss_cap
     if loss_cap is None and FLAGS.workdir:
       loss_cap = pipeline.prepared_loss_cap(config, FLAGS.workdir)
@@ -118,7 +87,7 @@ def main(argv):
       write_atomic(FLAGS.json, json.dumps(result, indent=2, default=str))
     return
   if not FLAGS.workdir:
-    _fail("--workdir is required")
+    cli.fail("--workdir is required")
   from hinqa_jax import distributed, pipeline
   distributed.initialize()
   pipeline.make_mesh(config)  # before any work: the mesh fits this job's devices ...
@@ -142,4 +111,4 @@ def main(argv):
 if __name__ == "__main__":
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save at INFO through absl
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.flags_parser("hinqa_jax", COMMANDS, _command_help))

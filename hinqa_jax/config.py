@@ -262,11 +262,16 @@ def _key_comments(path: str | Path) -> dict[str, str]:
   return found
 
 
-def describe(config: ml_collections.ConfigDict, sections: tuple[str, ...], config_file: str | None = None) -> str:
-  """The keys of `sections` (all when empty) with their values in `config` and the comments that declare them
-  (this module's, then config_file's): what `python -m hinqa_jax COMMAND --help` prints."""
-  comments = _key_comments(config_file) if config_file else {}
-  comments.update(_key_comments(__file__))  # the schema's own words win over an experiment's remark
+def describe(config: ml_collections.ConfigDict, sections: tuple[str, ...], comment_files: list[str]) -> str:
+  """The keys of `sections` (all when empty) with their values in `config` and the comments that declare them,
+  from the first of comment_files that has one (the schema first: its words win over an experiment's remark);
+  a key set by a helper (`teacher(...)`'s `t.model`) matches by its last name. What `COMMAND --help` prints."""
+  comments: dict[str, str] = {}
+  for path in comment_files:
+    for key, note in _key_comments(path).items():
+      comments.setdefault(key, note)
+  # `t.model = ...` in a helper whose section argument is `t`: not a key of the config itself
+  by_leaf = {k.split(".", 1)[1]: v for k, v in comments.items() if k.count(".") == 1 and k.split(".")[0] not in config}
   flat = []
 
   def walk(node, prefix):
@@ -281,7 +286,7 @@ def describe(config: ml_collections.ConfigDict, sections: tuple[str, ...], confi
   for key, value in flat:
     if sections and key.split(".")[0] not in sections:
       continue
-    note = comments.get(key, "")
+    note = comments.get(key) or by_leaf.get(key.rsplit(".", 1)[-1], "")
     lines.append(f"  --config.{key}={value!r}" + (f"\n      {note}" if note else ""))
   return "\n".join(lines)
 

@@ -140,3 +140,23 @@ def test_a_bertscore_layer_the_model_lacks_is_refused_before_any_work(tmp_path):
   out = _quick("run", "--config=configs/tiny.py", f"--workdir={tmp_path / 'w'}", f"--config.eval.bertscore_model={bert}")
   assert out.returncode == 2 and "--config.eval.bertscore_layer=9 must be <= 2" in out.stderr, out.stderr[-2000:]
   assert not (tmp_path / "w").exists()
+
+
+def test_gen_commands_explain_themselves_and_fail_in_one_line():
+  def gen(*args):
+    return subprocess.run([sys.executable, "-m", "gen", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+  out = gen("synthesize", "--help", "--config=configs/gen/llama70b_phi4_vllm.py")
+  assert out.returncode == 0 and out.stdout.startswith("python -m gen synthesize "), out.stderr[-2000:]
+  assert "  --shard: " in out.stdout and "--config.curate." not in out.stdout  # synthesize's own keys only
+  # a teacher's key, declared inside gen.teacher(); the shared VATIKA root, declared in hinqa_jax.config
+  assert "  --config.teachers.phi4.model='/models/phi-4'\n      local checkpoint dir" in out.stdout
+  assert "  --config.data.root='/data/vatika'\n      directory of the VATIKA files" in out.stdout
+  out = gen("curate", "--help")
+  assert out.returncode == 0 and "--config.curate.grounding_threshold=0.5" in out.stdout and "--shard" not in out.stdout
+  for args, message in ((("curate", "--config=configs/gen/llama70b_phi4_vllm.py", "--config.curate.nope=1"),
+                         "--config.curate.nope: no such config key"),
+                        (("synthesize", "--config=configs/gen/llama70b_phi4_vllm.py", "--dry-run"),
+                         "--dry-run applies to curate only")):
+    out = gen(*args)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr[-2000:]
