@@ -121,7 +121,7 @@ def layout(tmp_path_factory):
     yield {"root": root, "url": url, "written": written}
 
 
-def _recipe(layout, *args, timeout=600) -> str:
+def _recipe(layout, *args, timeout=600, ok=True) -> str:
   root = layout["root"]
   env = {**os.environ, "VATIKA": str(root / "vatika"), "MODELS": str(root / "models"), "WORK": str(root / "work"),
          "PYTHON": sys.executable, "PLAN_PYTHON": sys.executable, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
@@ -129,8 +129,29 @@ def _recipe(layout, *args, timeout=600) -> str:
   out = subprocess.run([str(REPO / "launch" / "recipe.sh"), *args], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=timeout)
   print(f"recipe.sh {' '.join(args[:2])}: {time.monotonic() - start:.1f} s")
-  assert out.returncode == 0, f"recipe.sh {' '.join(args[:2])} failed:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}"
+  assert (out.returncode == 0) == ok, f"recipe.sh {' '.join(args[:2])}: exit {out.returncode}:\n{out.stdout[-3000:]}\n" \
+      f"{out.stderr[-6000:]}"
   return out.stdout + out.stderr
+
+
+def _check_serving_format(merged: Path) -> None:
+  """What a server (vLLM, transformers) reads from the merged export, without running one: the architecture in
+  config.json, exactly transformers' LlamaForCausalLM tensor names, and the tokenizer's stop ids."""
+  import torch
+  import transformers
+  from safetensors import safe_open
+  cfg = transformers.AutoConfig.from_pretrained(merged)
+  assert cfg.architectures == ["LlamaForCausalLM"] and cfg.model_type == "llama"
+  names = set()
+  for f in merged.glob("*.safetensors"):
+    with safe_open(f, "np") as g:
+      names |= set(g.keys())
+  with torch.device("meta"):
+    expected = set(transformers.LlamaForCausalLM(cfg).state_dict())
+  assert names == expected
+  tok = transformers.AutoTokenizer.from_pretrained(merged)
+  gen_cfg = transformers.GenerationConfig.from_pretrained(merged)
+  assert tok.convert_tokens_to_ids("<|eot_id|>") in gen_cfg.eos_token_id and max(gen_cfg.eos_token_id) < len(tok)
 
 
 def test_the_recipe_runs_end_to_end_and_every_stage_reads_what_the_one_before_wrote(layout):
@@ -151,6 +172,9 @@ def test_the_recipe_runs_end_to_end_and_every_stage_reads_what_the_one_before_wr
   plan = _recipe(layout, "plan", "cpu-1", *SIZE["run"])
   assert "cpu-1" in plan
 
+  # a run that would read the synthetic data from where gen did not write it stops before any work
+  wrong = _recipe(layout, "run", *SIZE["run"], f"--config.data.gen_dir={root / 'elsewhere-gen'}", ok=False)
+  assert f"no file {root / 'elsewhere-gen'}/curated/synthetic.jsonl" in wrong and not work.joinpath("m1").exists()
   _recipe(layout, "run", *SIZE["run"])
   results = json.loads((work / "results.json").read_text(encoding="utf-8"))
   experiments = {"m1", "m2", "m3", "m2_teacher_llama70b", "m2_teacher_phi4", "m2_r50"}
@@ -158,7 +182,7 @@ def test_the_recipe_runs_end_to_end_and_every_stage_reads_what_the_one_before_wr
   for exp in experiments:  # trained and scored, never "not run: no records in ..."
     assert all(results["results"][exp][s]["n"] == 2 for s in ("val", "test1", "test2")), (exp, results["results"][exp])
   assert "$WORKDIR/gen/curated/synthetic.jsonl" in results["provenance"]["data"]
-  assert (work / "export" / "m2" / "merged" / "config.json").is_file()
+  _check_serving_format(work / "export" / "m2" / "merged")
 
   # The README's lines that load the exports, run from another directory (the adapter names its base absolutely)
   readme = (REPO / "README.md").read_text(encoding="utf-8")
