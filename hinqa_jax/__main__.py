@@ -49,7 +49,7 @@ FLAGS = flags.FLAGS
 def _command_help(command: str, argv: list[str]) -> str:
   """`python -m hinqa_jax COMMAND --help [--config=FILE]`: the keys with their values in FILE (else the default
   config) and the comments that declare them in hinqa_jax/config.py (then FILE)."""
-  from hinqa_jax import cli, config as config_lib
+  from hinqa_jax import config as config_lib
   what, own_flags, sections = _HELP[command]
   path = cli.config_file(argv)
   config = config_lib.load(path) if path else config_lib.default_config()

@@ -238,59 +238,6 @@ def vatika_files(data: ml_collections.ConfigDict, root: str = VATIKA_ROOT) -> No
     data[split] = ref + f"/{split}.json"
 
 
-def _key_comments(path: str | Path) -> dict[str, str]:
-  """dotted key -> its trailing comment, for every `c.a.b = ...  # comment` (or `data.a = ...`) in a config file."""
-  import ast
-  import io
-  import tokenize
-  text = Path(path).read_text(encoding="utf-8")
-  comments = {tok.start[0]: tok.string.lstrip("# ").strip()
-              for tok in tokenize.generate_tokens(io.StringIO(text).readline) if tok.type == tokenize.COMMENT}
-  found: dict[str, str] = {}
-  for node in ast.walk(ast.parse(text)):
-    if not isinstance(node, ast.Assign) or not isinstance(node.targets[0], ast.Attribute):
-      continue
-    parts, target = [], node.targets[0]
-    while isinstance(target, ast.Attribute):
-      parts.insert(0, target.attr)
-      target = target.value
-    if isinstance(target, ast.Name) and target.id != "c":  # a helper's section argument (`data.root`)
-      parts.insert(0, target.id)
-    line = next((n for n in range(node.lineno, node.end_lineno + 1) if n in comments), None)
-    if line is not None:
-      found.setdefault(".".join(parts), comments[line])
-  return found
-
-
-def describe(config: ml_collections.ConfigDict, sections: tuple[str, ...], comment_files: list[str]) -> str:
-  """The keys of `sections` (all when empty) with their values in `config` and the comments that declare them,
-  from the first of comment_files that has one (the schema first: its words win over an experiment's remark);
-  a key set by a helper (`teacher(...)`'s `t.model`) matches by its last name. What `COMMAND --help` prints."""
-  comments: dict[str, str] = {}
-  for path in comment_files:
-    for key, note in _key_comments(path).items():
-      comments.setdefault(key, note)
-  # `t.model = ...` in a helper whose section argument is `t`: not a key of the config itself
-  by_leaf = {k.split(".", 1)[1]: v for k, v in comments.items() if k.count(".") == 1 and k.split(".")[0] not in config}
-  flat = []
-
-  def walk(node, prefix):
-    for key in sorted(node.keys()):
-      value = node[key]
-      if isinstance(value, ml_collections.ConfigDict):
-        walk(value, f"{prefix}{key}.")
-      else:
-        flat.append((f"{prefix}{key}", value))
-  walk(config, "")
-  lines = []
-  for key, value in flat:
-    if sections and key.split(".")[0] not in sections:
-      continue
-    note = comments.get(key) or by_leaf.get(key.rsplit(".", 1)[-1], "")
-    lines.append(f"  --config.{key}={value!r}" + (f"\n      {note}" if note else ""))
-  return "\n".join(lines)
-
-
 def with_overrides(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
   """A copy of config with dotted keys overridden ({"train.batch_size": 8}); the original stays as it is."""
   c = copy.deepcopy(config)
