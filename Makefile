@@ -6,6 +6,7 @@ $(VENV_STAMP): requirements.txt
 	python3 -m venv .venv
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .  # editable: `from hinqa_jax import ...` from any directory
 	touch $(VENV_STAMP)
 
 AOT_PY := .venv-aot/bin/python

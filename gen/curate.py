@@ -193,13 +193,13 @@ def curate_records(synthetic: list[dict], originals: Iterable[Any], heldout: Map
   orig_by_ctx: dict[str, list[tuple[str, str, str]]] = collections.defaultdict(list)
   orig_all = []
   for r in originals:
-    ctx, q, a = normalize_text(str(field(r, "context"))), normalize_text(str(field(r, "question"))), normalize_text(str(field(r, "answer")))
+    ctx, q, a = (normalize_text(str(field(r, key))) for key in ("context", "question", "answer"))
     if ctx and q and a:
       orig_by_ctx[context_id(str(field(r, "domain")), ctx)].append((str(field(r, "id")), q, a))
       orig_all.append((str(field(r, "id")), q, a))
   items, ctx_words = [], {}
   for rec in sorted(synthetic, key=lambda r: (r.get("source", ""), r["id"])):
-    rec = {**rec, "context": normalize_text(rec["context"]), "question": normalize_text(rec["question"]), "answer": normalize_text(rec["answer"]),
+    rec = {**rec, **{key: normalize_text(rec[key]) for key in ("context", "question", "answer")},
            "source": rec.get("source") or "unknown"}
     cid = context_id(str(rec.get("domain", "")), rec["context"])
     if cid not in ctx_words:

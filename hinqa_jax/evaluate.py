@@ -104,7 +104,7 @@ def evaluate_split(name: str, records: list[Record], out_dir: str | os.PathLike,
     return {"n": 0, "note": f"split {name}: no records"}
   answers = predict(cfg, params, tokenizer, records, adapters=adapters, lora_cfg=lora_cfg, template=template,
                     max_new_tokens=e.max_new_tokens if e else 64, batch_size=e.batch_size if e else 16,
-                    max_prompt_tokens=max_prompt_tokens, progress=progress, desc=f"eval {name}", mesh=mesh)
+                    max_prompt_tokens=max_prompt_tokens, progress=progress, desc=f"eval {Path(out_dir).name} {name}", mesh=mesh)
 
   def save_and_score() -> dict:
     Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -152,7 +152,8 @@ def write_packed(examples: list[Example], out_dir: str | os.PathLike, tok: Any, 
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
                                        encoding="utf-8")
-  print(f"prepare: {len(examples)} examples from {len(inputs)} file(s) -> {n_rows} rows x {seq_len} "
+  origin = f"{len(inputs)} file(s)" if inputs else "examples built in memory"  # (base pretraining, teachers)
+  print(f"prepare: {len(examples)} examples from {origin} -> {n_rows} rows x {seq_len} "
         f"in {len(shards)} shard(s) at {out_dir}")
   print(f"prepare: packing efficiency {manifest['packing_efficiency']:.1%}, tokens/example "
         f"mean {lengths.mean():.1f} max {lengths.max()}, loss tokens {manifest['loss_tokens']} (at most "

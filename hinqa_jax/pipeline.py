@@ -176,6 +176,18 @@ def _synthetic(config, workdir: Path) -> list[str]:
   return [str(curated)]
 
 
+def check_synthetic_files(config) -> None:
+  """A synthetic file that does not exist is a path no stage wrote (`gen curate` writes
+  <out_dir>/curated/synthetic.jsonl; the 8B configs read it under data.gen_dir): an error before any work
+  when an experiment trains on it. An empty one (curation kept nothing) is reported per experiment instead."""
+  r = config.run
+  needed = bool({"m2", "m3"} & set(r.experiments)) or r.per_teacher or bool(r.ratios)
+  missing = [f for f in config.data.synthetic if not Path(f).is_file()]
+  if config.synthetic.source == "files" and needed and missing:
+    raise FileNotFoundError(f"data.synthetic: no file {', '.join(missing)}: run `python -m gen curate` with its "
+                            "out_dir at data.gen_dir (launch/recipe.sh curate) first, or set --config.data.synthetic")
+
+
 def _has_lines(path: str) -> bool:
   p = Path(path)
   return p.exists() and any(line.strip() for line in p.read_text(encoding="utf-8").splitlines())
@@ -343,6 +355,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
   workdir = Path(workdir)
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before any work
   distributed.main_only("workdir", lambda: workdir.mkdir(parents=True, exist_ok=True))
+  check_synthetic_files(config)  # before any work: M2/M3 must not find a path no stage wrote
   config = copy.deepcopy(config)
   config.tokenizer.path = _tokenizer(config, workdir)
   config.model.hf_path = _base(config, workdir)

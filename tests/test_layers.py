@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("hinqa_jax", "gen")
 
 LAYERS = {
-    0: "files config tokenizer sharding distributed locks hostmem tracking",
+    0: "files config cli tokenizer sharding distributed locks hostmem tracking",
     1: "attention model lora loss hf checkpoint",
     2: "records examples packing decode metrics significance",
     3: "train validation evaluate plan hlo targets uncertainty report stages",
@@ -39,6 +39,7 @@ LAZY_PENDING = {
     "hinqa_jax.pipeline": "pipeline.py: edited concurrently, next round",
     "hinqa_jax.__main__": "__main__.py: edited concurrently, next round (flag parsing before importing jax)",
     "hinqa_jax.hf": "hf.py: edited concurrently, next round",
+    "hinqa_jax.report": "report.py: edited concurrently, next round",
 }
 
 
