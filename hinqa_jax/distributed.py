@@ -19,6 +19,7 @@ process has put its error there.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import json
@@ -26,7 +27,6 @@ import logging
 import os
 import sys
 import threading
-import time
 import traceback
 import uuid
 from pathlib import Path
@@ -79,7 +79,11 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return
   _initialized = True
   if jax.process_count() > 1:
-    threading.Thread(target=_watch_failures, name="hinqa-failure-watch", daemon=True).start()
+    watcher = threading.Thread(target=_watch_failures, name="hinqa-failure-watch", daemon=True)
+    watcher.start()
+    # Stopped before jax.distributed's own atexit shutdown (atexit runs last-registered first): a poll
+    # in flight while the client is torn down aborts the process.
+    atexit.register(lambda: (_stop_watching.set(), watcher.join(timeout=5)))
   log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
            jax.local_device_count(), jax.device_count())
 
@@ -171,10 +175,12 @@ def _exit_after_failure(client, me: int, acks_s: float = 10.0) -> None:
   os._exit(1)
 
 
+_stop_watching = threading.Event()
+
+
 def _watch_failures() -> None:
   client, me = _client(), jax.process_index()
-  while True:
-    time.sleep(0.5)
+  while not _stop_watching.wait(0.5):
     try:
       reply = client.key_value_try_get(FAILED_KEY)
     except Exception as err:  # noqa: BLE001
