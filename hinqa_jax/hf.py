@@ -218,7 +218,7 @@ def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
     return (block.T if transpose else block).astype(dtype, copy=False)
 
   def part(index: tuple[slice, ...], shape, names, transpose, layer_fn=None) -> np.ndarray:
-    """index of one parameter; layer_fn(layer's index, row slice, col slice) reads and makes one layer's block."""
+    """index of one parameter; layer_fn(HF tensor name, row slice, col slice) reads and makes one layer's block."""
     index = tuple(index) + (slice(None),) * (len(shape) - len(index))
     if expected[names[0]][2] is None:  # one tensor, not stacked over layers
       return np.ascontiguousarray(read(names[0], index, transpose))
@@ -245,35 +245,22 @@ def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
 
   for p, (shape, names, transpose) in groups.items():
     leaves = {p[-1]: (shape, functools.partial(part, shape=shape, names=names, transpose=transpose))}
-    if cfg.quantize and p[0] == "layers" and p[-1] == "kernel":
-      leaves = {leaf: ((shape[0],) + stored, functools.partial(part, shape=(shape[0],) + stored, names=names,
-                                                               transpose=transpose,
-                                                               layer_fn=_quantized_reader(read, cfg, leaf, shape, transpose)))
-                for leaf, (stored, _) in quant.stored_shapes(shape[1], shape[2], cfg.quantize, cfg.quantize_block).items()}
+    if cfg.quantize and p[0] == "layers" and p[-1] == "kernel":  # the kernel's quantized leaves instead
+      shared: dict = {}
+      leaves = {}
+      for leaf, (stored, _) in quant.stored_shapes(shape[1], shape[2], cfg.quantize, cfg.quantize_block).items():
+        def reader(name, rows, cols, leaf=leaf, shared=shared, transpose=transpose, d_in=shape[1]):
+          return quant.stored_rows(lambda lo, hi: read(name, (slice(lo, hi), cols), transpose, np.float32), leaf,
+                                   rows, d_in, cfg.quantize, cfg.quantize_block, shared, (name, cols.start, cols.stop))
+        leaf_shape = (shape[0],) + stored
+        leaves[leaf] = (leaf_shape, functools.partial(part, shape=leaf_shape, names=names, transpose=transpose,
+                                                      layer_fn=reader))
     node = params
     for k in p[:-1]:
       node = node.setdefault(k, {})
     for leaf, (leaf_shape, fn) in leaves.items():
       node[leaf] = make(p[:-1] + (leaf,), leaf_shape, fn)
   return cfg, params
-
-
-def _quantized_reader(read, cfg: ModelConfig, leaf: str, shape: tuple[int, ...], transpose: bool):
-  """layer_fn of one stored leaf of a quantized kernel: reads the kernel rows (inputs) its rows cover,
-  widened to whole quantization blocks, in float32, quantizes them and keeps its rows."""
-  d_in = shape[1]
-  rows_per = {quant.SCALE_LEAF: cfg.quantize_block if cfg.quantize == "nf4" else d_in,
-              quant.CODE_LEAF["nf4"]: 2, quant.CODE_LEAF["int8"]: 1}[leaf]
-  block = cfg.quantize_block if cfg.quantize == "nf4" else d_in  # inputs quantized together
-
-  def layer_fn(name: str, rows: slice, cols: slice) -> np.ndarray:
-    r0, r1, _ = rows.indices(d_in // rows_per)
-    lo, hi = (r0 * rows_per) // block * block, -(-(r1 * rows_per) // block) * block
-    w = read(name, (slice(lo, hi), cols), transpose, np.float32)
-    stored = quant.quantize(w, cfg.quantize, cfg.quantize_block)[leaf]
-    off = lo // rows_per
-    return stored[r0 - off:r1 - off]
-  return layer_fn
 
 
 # ----------------------------------------------------------------------------- writing

@@ -127,6 +127,21 @@ def stored_shapes(d_in: int, d_out: int, mode: str, block: int) -> dict[str, tup
   return {CODE_LEAF[mode]: ((d_in, d_out), "int8"), SCALE_LEAF: ((1, d_out), "float32")}
 
 
+def stored_rows(read_rows, leaf: str, rows: slice, d_in: int, mode: str, block: int, shared: dict, key) -> np.ndarray:
+  """Rows `rows` of one stored leaf of a kernel with d_in inputs, quantized on the host from only the kernel
+  rows they cover, widened to whole quantization blocks: read_rows(lo, hi) gives kernel rows [lo, hi) in
+  float32 (one process's columns). `shared` (one per kernel; `key` names the columns read) keeps each
+  quantized block for the kernel's other leaf: codes and absmax of a slice cost one read, one quantization."""
+  rows_per = {SCALE_LEAF: block if mode == "nf4" else d_in, CODE_LEAF["nf4"]: 2, CODE_LEAF["int8"]: 1}[leaf]
+  together = block if mode == "nf4" else d_in  # inputs quantized together
+  r0, r1, _ = rows.indices(d_in // rows_per)
+  lo, hi = (r0 * rows_per) // together * together, -(-(r1 * rows_per) // together) * together
+  if key + (lo, hi) not in shared:
+    shared[key + (lo, hi)] = quantize(read_rows(lo, hi), mode, block)
+  off = lo // rows_per
+  return shared[key + (lo, hi)][leaf][r0 - off:r1 - off]
+
+
 # ----------------------------------------------------------------------------- the matmul
 @jax.custom_vjp
 def qmatmul(x, codes, absmax):
