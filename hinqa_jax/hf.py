@@ -180,7 +180,10 @@ def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
   path = Path(path)
   cfg = read_config(path, param_dtype)
   if quantize:
-    cfg = cfg.replace(quantize=quantize, quantize_block=quantize_block)
+    try:
+      cfg = cfg.replace(quantize=quantize, quantize_block=quantize_block)
+    except ValueError as err:
+      raise ValueError(f"{path / 'config.json'}: {err}") from None
   expected = _expected_tensors(cfg)
   files = _weight_files(path)
   missing = [n for n in expected if n not in files]

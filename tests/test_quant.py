@@ -166,6 +166,11 @@ def test_config_rules_for_quantize():
     model.ModelConfig.preset("tiny", quantize="nf4", quantize_block=48)
 
 
+def test_a_block_that_does_not_divide_the_checkpoints_inputs_is_named_with_the_file(hf_dir):
+  with pytest.raises(ValueError, match=r"config.json: quantize_block=256 does not divide a projection's input size"):
+    hf.load_hf(hf_dir, quantize="nf4", quantize_block=256)
+
+
 def test_training_on_an_nf4_base_learns_and_sharded_equals_single_device(tmp_path):
   """train.run_stage with model.quantize=nf4: only adapters move, the loss falls, and fsdp x tensor sharding
   of the quantized leaves gives the single device's losses."""
