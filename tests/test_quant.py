@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from bitsandbytes import functional as bnb_f  # pinned in requirements.txt: a missing reference fails, never skips
 
 from hinqa_jax import config as config_lib, hf, lora, model, quant, sharding
 from helpers import hf_logits, tiny_hf_model
 
-bnb_f = pytest.importorskip("bitsandbytes.functional")
 
 
 def _bnb_nf4(w_oi: torch.Tensor, block: int):
