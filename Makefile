@@ -6,6 +6,7 @@ $(VENV_STAMP): requirements.txt
 	python3 -m venv .venv
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .  # editable: `from hinqa_jax import ...` from any directory
 	touch $(VENV_STAMP)
 
 AOT_PY := .venv-aot/bin/python
@@ -17,7 +18,7 @@ $(AOT_STAMP): requirements-aot.txt
 	$(AOT_PY) -m pip install --quiet -r requirements-aot.txt
 	touch $(AOT_STAMP)
 
-.PHONY: venv demo test aot bench bench-accel clean
+.PHONY: venv demo test aot bench bench-accel curation clean
 venv: $(VENV_STAMP)
 
 demo: $(VENV_STAMP)
@@ -33,6 +34,10 @@ test: $(VENV_STAMP)
 # generate and the loss head compiled for a TPU v5e slice and an H100 node (tests/aot), no hardware.
 aot: $(AOT_STAMP)
 	HINQA_AOT=1 $(AOT_PY) -m pytest -q -n 2 --dist worksteal tests/aot
+
+# Parse recall, keep precision/recall and accuracy of curation on the labelled dev set, and its mistakes.
+curation: $(VENV_STAMP)
+	PYTHONPATH=. $(PY) tests/test_gen_curation_dev.py
 
 bench: $(VENV_STAMP)
 	$(PY) bench/run_all.py

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hinqa_jax import plan, targets  # noqa: E402
 from hinqa_jax.config import load, with_overrides  # noqa: E402
-from hinqa_jax.distributed import write_atomic  # noqa: E402
+from hinqa_jax.files import write_atomic  # noqa: E402
 
 
 def largest_batch(config, target: targets.Target, first: dict) -> dict:

@@ -87,6 +87,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.curate.near_dup_threshold = 0.8  # Jaccard of loose question keys at/above which two questions match
   c.curate.contam_question_threshold = 0.7  # same, against held-out questions: contaminated
   c.curate.contam_ngram = 8  # word n-grams shared with held-out text (and absent from own context): contaminated
+  c.curate.known_entities = ("वाराणसी", "काशी", "बनारस")  # names every context implies (VATIKA's city): never unsupported_entity
   c.curate.grounding_threshold = 0.5  # min share of the answer's content stems in its best 3-sentence window
   c.curate.new_content_threshold = 0.5  # min share of the answer's words beyond the question's found in the context
   c.curate.minhash_threshold = 0.8  # corpus-wide near-duplicates: Jaccard of pair char n-grams (MinHash LSH)

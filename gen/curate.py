@@ -2,12 +2,13 @@
 
 Order (cheap and per-pair first, the LLM judge last); every pair gets the first reason that applies:
   not_hindi_question, not_hindi_answer (Devanagari share of each field on its own), too_short,
-  too_long -> contaminated (held-out val/test1/test2)
+  too_long, incomplete_answer (ends mid-phrase, or the last answer of a length-cut output without a
+  sentence-final mark) -> contaminated (held-out val/test1/test2)
   -> faithfulness (gen/faithful.py): unsupported_number (a number or date the context does not
      state), unsupported_entity (a named entity it does not mention), restates_question (nothing
      new beyond the question's words, or a when/how-many/where question without that kind of
      fact), ungrounded (share of the answer's content found in its best context window)
-  -> per context, questions clustered by loose-key similarity (and the same interrogatives: कब
+  -> per context (gen/clusters.py), questions clustered by loose-key similarity (and the same interrogatives: कब
      and कहाँ questions never merge) with the original QA as seeds: the same question as an
      original is duplicate_* (or conflict when the answers disagree); several teachers on one
      question with disagreeing answers form a conflict group settled by the context: the answers
@@ -32,17 +33,18 @@ import re
 from typing import Any, Iterable, Mapping
 
 from gen import backends as backends_lib
-from gen import faithful, prompts, report as report_lib
-from gen.dedup import NearDuplicates, pair_grams
+from gen import clusters, faithful, prompts, report as report_lib
 from gen.judge import judge_assignment, judge_pairs
-from gen.synthesize import context_id, field, write_atomic
-from gen.text import (answer_agreement, char_ngrams, devanagari_ratio, jaccard, loose_key, nfc, norm_tokens,
-                      question_type, word_ngrams)
+from gen.synthesize import context_id, field
+from gen.text import char_ngrams, loose_key, norm_tokens, question_type, word_ngrams
+from hinqa_jax.files import write_atomic
+from hinqa_jax.records import devanagari_ratio, normalize_text, read_records
 
-REASONS = ("not_hindi_question", "not_hindi_answer", "too_short", "too_long", "contaminated", "unsupported_number",
+REASONS = ("not_hindi_question", "not_hindi_answer", "too_short", "too_long", "incomplete_answer", "contaminated",
+           "unsupported_number",
            "unsupported_entity", "restates_question", "ungrounded", "duplicate_exact", "duplicate_near", "conflict",
            "judge_rejected")
-_CHEAP = ("not_hindi_question", "not_hindi_answer", "too_short", "too_long", "contaminated")
+_CHEAP = ("not_hindi_question", "not_hindi_answer", "too_short", "too_long", "incomplete_answer", "contaminated")
 
 
 @dataclasses.dataclass
@@ -61,14 +63,6 @@ class Item:
   detail: str = ""
   verdict: bool | None = None
   judged_by: str = ""  # the judge's teacher name ("" = not judged)
-
-
-def _exact(q: str, a: str) -> tuple[str, str]:
-  return " ".join(norm_tokens(q)), " ".join(norm_tokens(a))
-
-
-def _agree(qa: tuple[str, str], qb: tuple[str, str], threshold: float) -> bool:
-  return answer_agreement(qa[0], qa[1], qb[0], qb[1]) >= threshold
 
 
 def teacher_files(out_dir: str, names: Iterable[str]) -> dict[str, list[str]]:
@@ -118,7 +112,7 @@ class HeldOut:
     for split, records in splits.items():
       seen_ctx = set()
       for r in records:
-        q, ctx = nfc(str(field(r, "question"))), nfc(str(field(r, "context")))
+        q, ctx = normalize_text(str(field(r, "question"))), normalize_text(str(field(r, "context")))
         if q:
           grams = char_ngrams(loose_key(q), ngram)
           for g in grams:
@@ -155,7 +149,13 @@ def _pair_checks(it: Item, cfg: Any, heldout: HeldOut, ctx_words: set) -> list[t
     flags.append(("too_short", f"{nq} question / {na} answer tokens"))
   if nq > cfg.max_question_tokens or na > cfg.max_answer_tokens:
     flags.append(("too_long", f"{nq} question / {na} answer tokens"))
+  prov = it.rec.get("provenance") or {}
+  last = prov.get("pair_index", -1) == prov.get("pairs_in_output", 0) - 1  # only the last answer can be cut
+  why = faithful.incomplete(it.a, prov.get("finish_reason") == "length" and last)
+  if why:
+    flags.append(("incomplete_answer", why))
   score, where = heldout.nearest_question(it.grams)
+  it.scores["heldout_question_jaccard"] = score
   # n-grams the pair shares with held-out text count only when its own context does not explain them
   leaked = (word_ngrams(norm_tokens(it.q), cfg.contam_ngram) | word_ngrams(norm_tokens(it.a), cfg.contam_ngram))
   leaked = (leaked & heldout.words) - ctx_words
@@ -167,7 +167,7 @@ def _pair_checks(it: Item, cfg: Any, heldout: HeldOut, ctx_words: set) -> list[t
   bad = faithful.unsupported_numbers(it.a, ctx)
   if bad:
     flags.append(("unsupported_number", "not in the context: " + ", ".join(bad)))
-  bad = faithful.unsupported_entities(it.a, ctx)
+  bad = faithful.unsupported_entities(it.a, ctx, tuple(cfg.known_entities))
   if bad:
     flags.append(("unsupported_entity", "not in the context: " + ", ".join(bad)))
   why = faithful.restatement(it.q, it.a)
@@ -182,105 +182,6 @@ def _pair_checks(it: Item, cfg: Any, heldout: HeldOut, ctx_words: set) -> list[t
   return flags
 
 
-def _differing_supported(m: Item, group: list[Item]) -> bool:
-  """Whether the facts m's answer adds, beyond its group's questions and what every answer shares, are in the context."""
-  asked = set().union(*(faithful.content_stems(x.q) for x in group))
-  shared = set.intersection(*(set(faithful.content_stems(x.a)) for x in group))
-  ctx = set(faithful.content_stems(m.rec["context"])) | set(map(faithful.stem, faithful.tokens(m.rec["context"])))
-  differing = {s for s in faithful.content_stems(m.a) if s not in asked and s not in shared}
-  return differing <= ctx and not faithful.unsupported_numbers(m.a, m.rec["context"])
-
-
-def _settle_conflict(members: list[Item], cfg: Any) -> dict:
-  """A group of one question's disagreeing answers: the context decides; returns the report entry."""
-  supported = {id(m): not m.reason and _differing_supported(m, members) for m in members}
-  winners = [m for m in members if supported[id(m)]] if cfg.conflict_policy == "context" else []
-  best = min(winners, key=lambda m: (-m.grounding, m.teacher, m.rec["id"])) if winners else None
-  for m in members:
-    if m is best or m.reason:
-      continue
-    if best is not None and _agree((m.q, m.a), (best.q, best.a), cfg.agree_threshold):
-      m.reason, m.detail = "duplicate_near", f"same answer as {best.teacher} {best.rec['id']}"
-    elif best is not None:
-      m.reason, m.detail = "conflict", f"contradicts {best.teacher} {best.rec['id']}, which the context supports"
-    else:
-      m.reason, m.detail = "conflict", f"teachers disagree and no answer's differing facts are in the context"
-  return {"context_id": members[0].cid, "question": members[0].q,
-          "kept": best.rec["id"] if best else None,
-          "members": [{"id": m.rec["id"], "teacher": m.teacher, "answer": m.a, "supported": supported[id(m)],
-                       "reason": m.reason} for m in members]}
-
-
-def _resolve_clusters(items: list[Item], originals: list[tuple[str, str, str]], cfg: Any,
-                      agreement: dict, conflicts: list) -> None:
-  """Cluster one context's questions; mark duplicates of originals and settle teacher conflicts."""
-  clusters: list[dict] = [{"orig": o, "grams": [char_ngrams(loose_key(o[1]), cfg.ngram)],
-                           "qtype": question_type(o[1]), "members": []} for o in originals]
-  for it in items:
-    home = next((c for c in clusters if c["qtype"] == it.qtype
-                 and any(jaccard(it.grams, g) >= cfg.near_dup_threshold for g in c["grams"])), None)
-    if home is None:
-      home = {"orig": None, "grams": [], "qtype": it.qtype, "members": []}
-      clusters.append(home)
-    home["grams"].append(it.grams)
-    home["members"].append(it)
-  for c in clusters:
-    members = c["members"]
-    if c["orig"] is not None:
-      ref_name, (ref_id, ref_q, ref_a) = "original", c["orig"]
-      for m in members:
-        if m.reason:
-          continue
-        if not _agree((m.q, m.a), (ref_q, ref_a), cfg.agree_threshold):
-          m.reason, m.detail = "conflict", f"answer disagrees with original {ref_id}"
-        elif _exact(m.q, m.a) == _exact(ref_q, ref_a):
-          m.reason, m.detail = "duplicate_exact", f"same as original {ref_id}"
-        else:
-          m.reason, m.detail = "duplicate_near", f"same question as original {ref_id}"
-      answers = {ref_name: [(ref_q, ref_a)]}
-    elif members:
-      pairs = [(x.q, x.a) for x in members]
-      if len(members) > 1 and any(not _agree(x, y, cfg.agree_threshold) for i, x in enumerate(pairs)
-                                  for y in pairs[i + 1:]):
-        conflicts.append(_settle_conflict(members, cfg))
-      else:
-        alive = [m for m in members if not m.reason]
-        best = min(alive, key=lambda m: (-m.grounding, m.teacher, m.rec["id"])) if alive else None
-        for m in alive:
-          if m is not best:
-            same = _exact(m.q, m.a) == _exact(best.q, best.a)
-            m.reason = "duplicate_exact" if same else "duplicate_near"
-            m.detail = f"same question as {best.teacher} {best.rec['id']}"
-      answers = {}
-    else:
-      continue
-    for m in members:
-      answers.setdefault(m.teacher, []).append((m.q, m.a))
-    sources = sorted(answers)
-    for i, s in enumerate(sources):  # agreement statistics per pair of sources sharing a question
-      for t in sources[i + 1:]:
-        pair = agreement.setdefault(f"{s}|{t}", {"shared_questions": 0, "disagree": 0})
-        pair["shared_questions"] += 1
-        pair["disagree"] += any(not _agree(x, y, cfg.agree_threshold) for x in answers[s] for y in answers[t])
-
-
-def _corpus_duplicates(items: list[Item], originals: list[tuple[str, str, str]], cfg: Any) -> None:
-  """MinHash LSH over the whole corpus: each surviving pair against the originals and earlier pairs."""
-  index = NearDuplicates(cfg.minhash_threshold, cfg.minhash_ngram)
-  for rid, q, a in originals:
-    index.add(f"original {rid}", pair_grams(q, a, cfg.minhash_ngram))
-  for it in items:
-    if it.reason:
-      continue
-    grams = pair_grams(it.q, it.a, cfg.minhash_ngram)
-    key, score = index.find(grams)
-    if key:
-      it.reason = "duplicate_exact" if score == 1.0 else "duplicate_near"
-      it.detail = f"{'same' if score == 1.0 else 'near-duplicate'} pair as {key} (jaccard {score:.2f})"
-    else:
-      index.add(f"{it.teacher} {it.rec['id']}", grams)
-
-
 def curate_records(synthetic: list[dict], originals: Iterable[Any], heldout: Mapping[str, Iterable[Any]],
                    cfg: Any, judge_backends: Mapping[str, backends_lib.Backend] | None = None,
                    judge_batch_size: int = 16) -> tuple[list[dict], list[dict], dict]:
@@ -292,13 +193,13 @@ def curate_records(synthetic: list[dict], originals: Iterable[Any], heldout: Map
   orig_by_ctx: dict[str, list[tuple[str, str, str]]] = collections.defaultdict(list)
   orig_all = []
   for r in originals:
-    ctx, q, a = nfc(str(field(r, "context"))), nfc(str(field(r, "question"))), nfc(str(field(r, "answer")))
+    ctx, q, a = (normalize_text(str(field(r, key))) for key in ("context", "question", "answer"))
     if ctx and q and a:
       orig_by_ctx[context_id(str(field(r, "domain")), ctx)].append((str(field(r, "id")), q, a))
       orig_all.append((str(field(r, "id")), q, a))
   items, ctx_words = [], {}
   for rec in sorted(synthetic, key=lambda r: (r.get("source", ""), r["id"])):
-    rec = {**rec, "context": nfc(rec["context"]), "question": nfc(rec["question"]), "answer": nfc(rec["answer"]),
+    rec = {**rec, **{key: normalize_text(rec[key]) for key in ("context", "question", "answer")},
            "source": rec.get("source") or "unknown"}
     cid = context_id(str(rec.get("domain", "")), rec["context"])
     if cid not in ctx_words:
@@ -316,9 +217,9 @@ def curate_records(synthetic: list[dict], originals: Iterable[Any], heldout: Map
   agreement: dict = {}
   conflicts: list = []
   for cid in sorted(by_ctx):
-    _resolve_clusters(by_ctx[cid], orig_by_ctx.get(cid, []) if cfg.against_original else [], cfg, agreement,
+    clusters.resolve_clusters(by_ctx[cid], orig_by_ctx.get(cid, []) if cfg.against_original else [], cfg, agreement,
                       conflicts)
-  _corpus_duplicates(items, orig_all if cfg.against_original else [], cfg)
+  clusters.corpus_duplicates(items, orig_all if cfg.against_original else [], cfg)
   if cfg.judge.enabled:
     judges = judge_assignment({it.teacher for it in items}, cfg.judge)
     missing = sorted(set(judges.values()) - set(judge_backends or {}))
@@ -342,9 +243,26 @@ def curate_records(synthetic: list[dict], originals: Iterable[Any], heldout: Map
   return kept, rejected, report_lib.build(items, agreement, conflicts, cfg, REASONS)
 
 
+def pipeline_sweeps(synthetic: list[dict], originals: Iterable[Any], heldout: Mapping[str, Iterable[Any]],
+                    cfg: Any) -> dict:
+  """Per cross-pair threshold and value: the pairs its reasons would drop, from a rerun of curation."""
+  originals, heldout = list(originals), {k: list(v) for k, v in heldout.items()}
+  out = {}
+  for key, (reasons, values) in report_lib.PIPELINE_SWEEPS.items():
+    rows = {}
+    for v in sorted(set(values) | {cfg[key]}):
+      trial = cfg.copy_and_resolve_references()
+      with trial.unlocked():
+        trial[key] = v
+        trial.judge.enabled = False
+      _, rejected, _ = curate_records(synthetic, originals, heldout, trial)
+      rows[str(v)] = {"would_drop": sum(r["reason"] in reasons for r in rejected), "rejected": len(rejected)}
+    out[key] = {"current": cfg[key], "reasons": list(reasons), "values": rows}
+  return out
+
+
 def _read_split(path: str) -> list:
-  from hinqa_jax import data  # noqa: PLC0415 -- the reader shared with training
-  return list(data.read_records(path))
+  return list(read_records(path))
 
 
 def curate(config: Any, *, judge_backends: Mapping[str, backends_lib.Backend] | None = None,
@@ -365,6 +283,7 @@ def curate(config: Any, *, judge_backends: Mapping[str, backends_lib.Backend] | 
     originals = [r for p in train for r in _read_split(p)]
   if heldout is None:
     heldout = {s: _read_split(getattr(config.data, s)) for s in ("val", "test1", "test2") if getattr(config.data, s)}
+  originals, heldout = list(originals), {s: list(r) for s, r in heldout.items()}  # read again by dry-run sweeps
   judges = judge_assignment(names, cfg.judge) if cfg.judge.enabled or cfg.judge.judges else {}
   if cfg.judge.enabled and not dry_run:
     unknown = sorted(set(judges.values()) - set(names))
@@ -395,6 +314,7 @@ def curate(config: Any, *, judge_backends: Mapping[str, backends_lib.Backend] | 
   report["judge"] = {"enabled": bool(cfg.judge.enabled), "judges": judges, "version": prompts.JUDGE_VERSION,
                      "template_hash": prompts.judge_template_hash()}
   if dry_run:
+    report["dry_run"]["sweeps"].update(pipeline_sweeps(synthetic, originals, heldout, cfg))
     return report
   names_out = {"curated": "synthetic.jsonl", "rejected": "rejected.jsonl", "json": "report.json", "md": "report.md"}
   paths = {k: os.path.join(out_dir, f) for k, f in names_out.items()}

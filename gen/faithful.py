@@ -5,9 +5,9 @@ Everything compares *folded* tokens (`stem`): NFD, digits as ASCII, every combin
 on purpose: जाता/जाती/जाते, मंदिर/मंदिरों and क़िला/किला each fold to one key, so a faithful
 paraphrase that re-inflects the context's words still matches it.
 
-- facts: numbers (ASCII or Devanagari digits, Hindi number words: "पाँच सौ" = 500, "ढाई" = 2.5,
-  "3,800" = 3800), month and weekday names (dates), and named entities: Latin-script words and the
-  word before a place/name head ("दशाश्वमेध घाट", "संकट मोचन मंदिर") or after a title ("संत कबीर").
+- facts: numbers by value (gen/numbers.py: digits of either script, number words, fractions,
+  ordinals: "पाँच सौ" = 500, "ढाई" = 2.5, "१९८६" = 1986), month and weekday names (dates), and named
+  entities (gen/names.py: runs of words neither the context nor a Hindi common-word list contains).
   Every fact of the answer must occur in the context.
 - grounding: the share of the answer's content stems found in its best window of up to three
   adjacent context sentences (support precision). F1 against a sentence punished short, faithful
@@ -17,9 +17,11 @@ paraphrase that re-inflects the context's words still matches it.
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
+from gen import names, numbers as num
 from gen.text import STOPWORDS, split_sentences
 
 _DIGITS = str.maketrans("०१२३४५६७८९", "0123456789")
@@ -36,6 +38,7 @@ _SYNONYMS = {"ज्यादा": "अधिक", "ज़्यादा": "अ
              "सैलानी": "पर्यटक", "पुराना": "प्राचीन", "पुरानी": "प्राचीन", "पुराने": "प्राचीन", "दर्शनार्थी": "भक्त"}
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def stem(token: str) -> str:
   """Fold one token: synonyms, digits ASCII, all combining marks and ZWJ/ZWNJ dropped, long vowels short."""
   token = _SYNONYMS.get(unicodedata.normalize("NFC", token), token)
@@ -51,16 +54,17 @@ def stem(token: str) -> str:
   return text
 
 
-def tokens(text: str) -> list[str]:
+@functools.lru_cache(maxsize=1 << 12)  # a context is tokenised for every pair of it
+def tokens(text: str) -> tuple[str, ...]:
   """Words and numbers of a text in order (NFC, lower case, digits ASCII)."""
-  return _TOKEN.findall(unicodedata.normalize("NFC", text).lower().translate(_DIGITS))
+  return tuple(_TOKEN.findall(num.canonical(unicodedata.normalize("NFC", text)).lower().translate(_DIGITS)))
 
 
 _STOP_STEMS = frozenset(stem(w) for w in STOPWORDS) | frozenset(stem(w) for w in (
   "कौन कौनसा कौनसी कौनसे क्या कब कहाँ कहां किस किसे किसको किन किसका किसकी किसके किसने कैसे कैसा कैसी "
   "क्यों कितना कितनी कितने इसे उसे इसका उसका इसकी उसकी इसके उसके यहाँ वहाँ जहाँ अपना अपनी अपने "
   "सकता सकती सकते जा जाना हुआ हुई हुए होती होते बहुत लगभग करीब तक वाले वाली वाला साथ द्वारा "
-  "बाद पहले जैसे जब तब कुछ सभी सब कोई किसी ओर अंदर बाहर ऊपर नीचे").split())
+  "बाद पहले जैसे जब तब कुछ सभी सब कोई किसी ओर अंदर बाहर ऊपर नीचे सन् सन ई ईस्वी").split())
 
 
 def content_stems(text: str) -> list[str]:
@@ -70,127 +74,47 @@ def content_stems(text: str) -> list[str]:
 
 # ---------------------------------------------------------------- facts
 
-_UNITS = {"शून्य": 0, "एक": 1, "दो": 2, "तीन": 3, "चार": 4, "पाँच": 5, "पांच": 5, "छह": 6, "छः": 6, "छे": 6,
-          "सात": 7, "आठ": 8, "नौ": 9, "दस": 10, "ग्यारह": 11, "बारह": 12, "तेरह": 13, "चौदह": 14, "पंद्रह": 15,
-          "पन्द्रह": 15, "सोलह": 16, "सत्रह": 17, "अठारह": 18, "उन्नीस": 19, "बीस": 20, "पच्चीस": 25, "तीस": 30,
-          "पैंतीस": 35, "चालीस": 40, "पैंतालीस": 45, "पचास": 50, "साठ": 60, "सत्तर": 70, "अस्सी": 80,
-          "नब्बे": 90, "डेढ़": 1.5, "ढाई": 2.5, "आधा": 0.5, "आधी": 0.5}
-_MULTIPLIERS = {"सौ": 100, "हज़ार": 1000, "हजार": 1000, "लाख": 10 ** 5, "करोड़": 10 ** 7}
-
-
-def _light(token: str) -> str:
-  # Number words keep their vowel signs (stems would merge सौ with से and नौ with ने); only nukta and
-  # chandrabindu/anusvara spellings are folded.
-  text = unicodedata.normalize("NFD", token).replace("\u093c", "").replace("\u0901", "\u0902")
-  return unicodedata.normalize("NFC", text)
-
-
-_NUMBER_WORDS = {_light(w): v for w, v in {**_UNITS, **_MULTIPLIERS}.items()}
-_MULTIPLIER_WORDS = {_light(w) for w in _MULTIPLIERS}
-# Also the name of a ghat (अस्सी घाट): a number word right before a place head is an entity, not a number.
+_light = num.fold  # dates keep their vowel signs
 _DATE_WORDS = frozenset(_light(w) for w in (  # whole words: चैत्र and चित्र share a stem
   "जनवरी फ़रवरी फरवरी मार्च अप्रैल मई जून जुलाई अगस्त सितंबर सितम्बर अक्टूबर नवंबर नवम्बर दिसंबर दिसम्बर "
   "चैत्र वैशाख ज्येष्ठ आषाढ़ श्रावण सावन भाद्रपद भादो आश्विन कार्तिक मार्गशीर्ष अगहन पौष माघ फाल्गुन फागुन "
   "सोमवार मंगलवार बुधवार गुरुवार बृहस्पतिवार शुक्रवार शनिवार रविवार").split())
-# Heads and titles match as whole words (their stems collide: संत and सात both fold to सत).
-_PLACE_HEADS = frozenset(_light(w) for w in (
-  "घाट मंदिर मन्दिर कुंड कुण्ड आश्रम महल मस्जिद गली किला क़िला तालाब झील गुरुद्वारा स्तूप धाम मठ सरोवर "
-  "चौक गेट").split())
-_TITLES = frozenset(_light(w) for w in "श्री संत स्वामी महर्षि राजा महाराजा रानी डॉ बाबा भगवान".split())
-# Adjectives that stand before a head without naming anything ("पुराने मंदिर", "प्रसिद्ध घाट").
-_NOT_NAMES = frozenset(stem(w) for w in (
-  "प्रसिद्ध पुराना पुराने पुरानी बड़ा बड़े बड़ी छोटा छोटे छोटी नया नए नई सुंदर प्राचीन ऐतिहासिक मुख्य प्रमुख "
-  "पवित्र विशाल कई अनेक दूसरे दूसरा अन्य प्रत्येक हर सबसे").split())
 _QUANTITY_WORDS = frozenset(stem(w) for w in "लाखों हज़ारों हजारों सैकड़ों करोड़ों दर्जनों".split())
 _TIME_WORDS = frozenset(map(stem, _DATE_WORDS)) | frozenset(stem(w) for w in (
   "सुबह शाम रात दोपहर सूर्योदय सूर्यास्त बजे बजकर दिन सप्ताह महीने महीना साल वर्ष सदी शताब्दी ईस्वी सन् "
   "प्रतिदिन रोज़ रोज हमेशा त्योहार पर्व पूर्णिमा अमावस्या दिवाली देव दीपावली होली ऋतु सर्दी गर्मी बरसात मौसम").split())
-_LOCATIVES = frozenset(stem(w) for w in "में पर पास किनारे निकट समीप सामने बीच पीछे दूर".split())
+_LOCATIVES = frozenset(stem(w) for w in "में पर पास किनारे निकट समीप सामने बीच पीछे दूर भीतर अंदर ऊपर नीचे बाहर".split())
+# "free" answers a how-much question without a number: मुफ़्त, निःशुल्क, or a fee word with a negation
+_FREE = frozenset(stem(w) for w in "मुफ़्त मुफ्त निःशुल्क निशुल्क फ्री".split())
+_FEE = frozenset(stem(w) for w in "शुल्क पैसा पैसे किराया टिकट कीमत".split())
+_NEGATION = frozenset(stem(w) for w in "नहीं बिना".split())
+# Words a Hindi sentence cannot end on: genitives, the ergative, conjunctions, relatives, the article.
+_DANGLING = frozenset("का की के ने और तथा एवं या कि जो जिसमें जिसे जिसका जिसकी जिसके क्योंकि लेकिन परंतु किंतु एक".split())
+_SENTENCE_FINAL = ("।", "॥", ".", "?", "!", "?", "\"", "'", ")")
 
 
-def _number(token: str) -> float | None:
-  if not token[0].isdigit():
-    return None
-  t = token.replace(",", "") if re.fullmatch(r"\d{1,3}(,\d{2,3})+", token) else token.replace(",", ".")
-  try:
-    return float(t)
-  except ValueError:
-    return None
-
-
-def numbers(text: str) -> set[float]:
-  """Numbers a text states, digits and Hindi number words alike; a lone "एक" (also "a") is not one."""
-  toks = tokens(text)
-  out: set[float] = set()
-  i = 0
-  while i < len(toks):
-    value, words, j = None, 0, i
-    total = current = 0.0
-    while j < len(toks):
-      s, num = _light(toks[j]), _number(toks[j])
-      if num is not None and words == 0 and value is None:
-        current, value = num, num
-      elif s in _MULTIPLIER_WORDS and value is not None or s in _MULTIPLIER_WORDS and words == 0:
-        current = (current or 1) * _NUMBER_WORDS[s]
-        if _NUMBER_WORDS[s] >= 1000:
-          total, current = total + current, 0.0
-        value, words = total + current, words + 1
-      elif s in _NUMBER_WORDS and s not in _MULTIPLIER_WORDS and num is None:
-        if j + 1 < len(toks) and _light(toks[j + 1]) in _PLACE_HEADS:
-          break  # अस्सी घाट: a name
-        current += _NUMBER_WORDS[s]
-        value, words = total + current, words + 1
-      else:
-        break
-      j += 1
-    if value is not None and not (words == 1 and toks[i] == "एक"):
-      out.add(round(value, 6))
-    i = max(j, i + 1)
-  return out
-
-
-def entities(text: str) -> set[str]:
-  """Stems of named entities and dates: Latin words, the word before a place head, after a title."""
-  toks = tokens(text)
-  stems = [stem(t) for t in toks]
-  out = {_light(t) for t in toks if _light(t) in _DATE_WORDS}
-
-  def name(j: int) -> bool:
-    return 0 <= j < len(toks) and stems[j] not in _STOP_STEMS | _NOT_NAMES and not toks[j][0].isdigit() \
-      and _light(toks[j]) not in _NUMBER_WORDS
-  for i, (t, s) in enumerate(zip(toks, stems)):
-    if t.isascii() and t.isalpha() and len(t) > 1:
-      out.add(s)
-    elif _light(t) in _PLACE_HEADS and name(i - 1):
-      out.add(stems[i - 1])
-    elif _light(t) in _TITLES and name(i + 1):
-      out.add(stems[i + 1])
-  return out
-
-
-def _fmt(x: float) -> str:
-  return str(int(x)) if x == int(x) else str(x)
+def numbers(text: str) -> frozenset[float]:
+  """Numbers a text states, by value (gen/numbers.py)."""
+  return num.values(text)
 
 
 def unsupported_numbers(answer: str, context: str) -> list[str]:
   """Numbers and dates of the answer that the context does not state."""
-  bad = [_fmt(n) for n in sorted(numbers(answer) - numbers(context))]
+  bad = [num.fmt(n) for n in sorted(numbers(answer) - numbers(context))]
   ctx_words = {_light(t) for t in tokens(context)}
-  return bad + sorted(e for e in entities(answer) & _DATE_WORDS if e not in ctx_words)
+  return bad + sorted(e for e in {_light(t) for t in tokens(answer)} & _DATE_WORDS if e not in ctx_words)
 
 
-def unsupported_entities(answer: str, context: str) -> list[str]:
-  """Named entities of the answer (not dates) whose stem the context lacks."""
-  ctx_stems = {stem(t) for t in tokens(context)}
-  return sorted(e for e in entities(answer) - _DATE_WORDS if e not in ctx_stems)
+def unsupported_entities(answer: str, context: str, known: tuple[str, ...] = ()) -> list[str]:
+  """Named entities of the answer (not dates: unsupported_numbers) that the context and `known` lack (gen/names.py)."""
+  return [e for e in names.unsupported(answer, context, known) if not set(e.split()) & _DATE_WORDS]
 
 
 # ---------------------------------------------------------------- grounding and restating
 
 def _wordy_stems(text: str) -> list[str]:
   # content stems without numbers: 45 and पैंतालीस are one fact, which unsupported_numbers compares by value
-  return [stem(t) for t in tokens(text) if stem(t) not in _STOP_STEMS and not t[0].isdigit()
-          and _light(t) not in _NUMBER_WORDS]
+  return [stem(t) for t in tokens(text) if stem(t) not in _STOP_STEMS and not t[0].isdigit()]
 
 
 def grounding_score(answer: str, context: str, window: int = 3) -> float:
@@ -234,16 +158,36 @@ def restatement(question: str, answer: str) -> str:
     return "adds nothing beyond the question's words"
   q = {stem(t) for t in tokens(question)}
   new_set = set(new)
-  if q & _HOW_MANY and not (numbers(answer) or new_set & _QUANTITY_WORDS):
+  ans_stems = {stem(t) for t in tokens(answer)}
+  free = bool(ans_stems & _FREE or ans_stems & _FEE and ans_stems & _NEGATION)
+  if q & _HOW_MANY and not (numbers(answer) or new_set & _QUANTITY_WORDS or free):
     return "how-many question without a number"
   if q & _WHEN and not (numbers(answer) or new_set & _TIME_WORDS):
     return "when-question without a number or time word"
   if q & _WHERE or _WHERE_PHRASE.search(unicodedata.normalize("NFC", question)):
     # a place is a new word up to three words before a locative ("वाराणसी के चौक इलाके में");
     # "कहाँ से" (from where) is answered by "X से"
+    # "कहाँ का/की/के" (of where) by "X का/की/के"
     locatives = _LOCATIVES | ({stem("से")} if "से" in tokens(question) else set())
+    if re.search(r"(?:कहाँ|कहां)\s+(?:का|की|के)(?!\S)", unicodedata.normalize("NFC", question)):
+      locatives |= {stem(w) for w in ("का", "की", "के")}
     ans = [stem(t) for t in tokens(answer)]
     places = {ans[j] for i, s in enumerate(ans) if s in locatives for j in range(max(0, i - 3), i)}
-    if not (places | entities(answer)) & new_set:
+    if not places & new_set:
       return "where-question without a new place"
+  return ""
+
+
+def incomplete(answer: str, cut_by_length: bool = False) -> str:
+  """Why the answer stops mid-phrase ("" when it is complete): it ends on a word no Hindi sentence
+  ends on (a genitive, ने, a conjunction), or it is the last answer of an output the length limit
+  cut and has no sentence-final mark."""
+  text = unicodedata.normalize("NFC", answer).strip()
+  if text.endswith(_SENTENCE_FINAL):
+    return ""
+  words = re.findall(r"[\u0900-\u0963\u0971-\u097F]+", text)
+  if words and words[-1] in _DANGLING:
+    return f"ends mid-phrase on {words[-1]!r}"
+  if cut_by_length:
+    return "last answer of an output cut by the length limit, no sentence-final mark"
   return ""

@@ -2,11 +2,16 @@
 
 Teachers rarely return exactly the JSON asked for. In order, `parse_pairs` tries:
 1. the JSON value after any code fence or prose (a list, a single object, or an object wrapping
-   a list such as {"pairs": [...]}, the shape structured output asks for), and the same as a
-   Python literal (single quotes, True/None, trailing commas) read with ast.literal_eval, which
-   evaluates literals only, never code;
-2. salvage: every complete {...} object (JSON or Python literal) in a broken or truncated text;
-3. labelled lines: "1. प्रश्न: ... उत्तर: ..." (also Q:/A:, सवाल/जवाब), on one line or several.
+   a list such as {"pairs": [...]}, the shape structured output asks for), read leniently: raw
+   line breaks inside strings (strict=False), trailing commas, Python literals (single quotes,
+   True/None, read with ast.literal_eval, which evaluates literals only, never code), and last
+   json-repair (unescaped inner quotes), only ever on a span whose brackets close;
+2. salvage: every complete {...} object in a broken or truncated text (also JSON lines);
+3. labelled lines: "1. प्रश्न: ... उत्तर: ..." (also Q:/A:, सवाल/जवाब, प्र./उ., प्र.१/उ.१), on one
+   line or several;
+4. markdown tables with a question and an answer column;
+5. numbered, bulleted or bold question lines ending in "?" with the answer on the lines below.
+Code fences anywhere (also glued to the last answer) are ignored by 3-5.
 Keys are matched loosely (question/q/prashn/प्रश्न..., answer/a/uttar/उत्तर...). Every item the
 parser sees but cannot use is counted in `Parsed.dropped` by reason (`PARSE_DROPS`).
 """
@@ -18,19 +23,29 @@ import dataclasses
 import json
 import re
 
+import json_repair
+
 _Q_KEYS = {"question", "q", "ques", "prashn", "prashna", "prasna", "प्रश्न", "सवाल", "sawal", "query"}
 _A_KEYS = {"answer", "a", "ans", "uttar", "uttara", "उत्तर", "जवाब", "jawab", "response"}
 _FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)(?:```|\Z)", re.S)
 _TRAILING_COMMA = re.compile(r",\s*([\]}])")
-_Q_LABEL = r"(?:प्रश्न|सवाल|question|ques|q)"
-_A_LABEL = r"(?:उत्तर|जवाब|answer|ans|a)"
-_ITEM_START = r"(?:^|\n)[ \t]*(?:[-*•]|\d+[.)])?[ \t]*\**" + _Q_LABEL + r"\**[ \t]*\d*[ \t]*\**[:：.)-]"
+# A label: a word with an optional number and a separator ("प्रश्न 1:", "Q1.", "**उत्तर:**"), or the
+# abbreviation with its dot and an optional number ("प्र.", "प्र.१", "उ०").
+_Q_LABEL = r"(?:(?:प्रश्न|सवाल|question|ques|q)\**[ \t]*\d*[ \t]*\**[:：.)-]|प्र[.०॰][ \t]*\d*[ \t]*[:：.)-]?)"
+_A_LABEL = r"(?:(?:उत्तर|जवाब|answer|ans|a)\**[ \t]*\d*[ \t]*\**[:：.)-]|उ[.०॰][ \t]*\d*[ \t]*[:：.)-]?)"
+_ITEM_START = r"(?:^|\n)[ \t]*(?:[-*•]|\d+[.)])?[ \t]*\**" + _Q_LABEL
 # A labelled question starts a line (after an optional "1." / "2)" / "-" marker and ** bold marks).
 _LABELLED = re.compile(
   _ITEM_START + r"\**[ \t]*(.+?)"
-  r"\s*(?<=[\s*|?।.)])\**" + _A_LABEL + r"\**[ \t]*\d*[ \t]*\**[:：.)-]\**[ \t]*(.*?)"
-  r"(?=\n[ \t]*(?:[-*•]|\d+[.)])?[ \t]*\**" + _Q_LABEL + r"\**[ \t]*\d*[ \t]*\**[:：.)-]|\n\s*\n|\Z)",
+  r"\s*(?<=[\s*|?।.)])\**" + _A_LABEL + r"\**[ \t]*(.*?)"
+  r"(?=\n[ \t]*(?:[-*•]|\d+[.)])?[ \t]*\**" + _Q_LABEL + r"|\n\s*\n|\Z)",
   re.S | re.I)
+# A question line: optional heading/bullet/number and bold marks around a sentence ending in "?".
+_QUESTION_LINE = re.compile(r"[ \t]*(?:#+[ \t]*)?(?:[-*•][ \t]*)?\**[ \t]*(?:[\d]+[.)][ \t]*)?\**[ \t]*"
+                            r"(\S.*?[?？])[ \t]*\**[ \t]*")
+_TABLE_SEPARATOR = re.compile(r"\s*:?-{2,}:?\s*")
+_Q_HEADER = re.compile(r"\W*(?:प्रश्न|सवाल|question|q)\W*", re.I)
+_A_HEADER = re.compile(r"\W*(?:उत्तर|जवाब|answer|a)\W*", re.I)
 _MAX_LITERAL = 200_000  # ast.literal_eval is safe, but its parse cost grows with size: cap it
 # Reasons an item is dropped by the parser; each is counted in Parsed.dropped.
 PARSE_DROPS = ("empty_question", "empty_answer", "missing_field", "not_text", "truncated", "repeated")
@@ -113,7 +128,7 @@ def _literal(text: str) -> object:
   """A JSON or Python-literal value of exactly `text`; raises ValueError if it is neither."""
   for candidate in (text, _TRAILING_COMMA.sub(r"\1", text)):
     try:
-      return json.loads(candidate)
+      return json.loads(candidate, strict=False)  # strict=False: raw line breaks inside strings
     except json.JSONDecodeError:
       pass
   if len(text) <= _MAX_LITERAL:
@@ -121,12 +136,17 @@ def _literal(text: str) -> object:
       return ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
       pass
+    # unescaped inner quotes ("किले में "सोनवा मंडप" कहाँ है?"): json-repair reads them. Only on a span
+    # whose brackets close: on a cut-off list it would complete the cut answer as if whole.
+    value = json_repair.loads(text)
+    if isinstance(value, (list, dict)) and value:
+      return value
   raise ValueError("not a literal")
 
 
 def _decode_first(text: str) -> object:
   """Decode the first JSON/Python-literal list or object in text, ignoring prose around it."""
-  decoder = json.JSONDecoder()
+  decoder = json.JSONDecoder(strict=False)
   for match in re.finditer(r"[\[{]", text):
     for candidate in (text[match.start():], _TRAILING_COMMA.sub(r"\1", text[match.start():])):
       try:
@@ -206,15 +226,61 @@ def parse_pairs(text: str | None) -> Parsed:
     if left_open:  # the last item was cut off (max_tokens): counted, not silently lost
       dropped["truncated"] += 1
     return Parsed(pairs, "ok" if use_decoded and not left_open else "salvaged", dict(dropped))
+  text = re.sub(r"```[a-zA-Z]*", "\n", text)  # fences anywhere, also glued to the last answer
   items: list = []
   for m in _LABELLED.finditer(text):
     q, a = (" ".join(g.strip(" *\"'").split()) for g in m.groups())
     items.append("empty_question" if not q else "empty_answer" if not a else (q, a))
   starts = len(re.findall(_ITEM_START, text, re.I))
+  if not items:
+    starts = 0
+    items = _table_items(text) or _question_line_items(text)
   pairs, dropped = _tally(items)
   if pairs and starts > len(items):  # a labelled question with no answer label after it
     dropped["missing_field"] += starts - len(items)
   return Parsed(pairs, "salvaged" if pairs else "garbage", dict(dropped))
+
+
+def _clean(cell: str) -> str:
+  return " ".join(cell.strip(" *\"'").split())
+
+
+def _table_items(text: str) -> list[tuple[str, str] | str]:
+  """Rows of a markdown table: the columns headed प्रश्न/question and उत्तर/answer, else the cell
+  ending in "?" and the one after it."""
+  rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+          if line.strip().startswith("|") and line.strip().count("|") >= 3]
+  rows = [r for r in rows if not all(_TABLE_SEPARATOR.fullmatch(c) or not c for c in r)]
+  if not rows:
+    return []
+  q_col = next((i for i, c in enumerate(rows[0]) if _Q_HEADER.fullmatch(c)), None)
+  a_col = next((i for i, c in enumerate(rows[0]) if _A_HEADER.fullmatch(c)), None)
+  items: list = []
+  for row in rows[1:] if q_col is not None and a_col is not None else rows:
+    if q_col is not None and a_col is not None:
+      q, a = (_clean(row[i]) if i < len(row) else "" for i in (q_col, a_col))
+    else:
+      i = next((i for i, c in enumerate(row) if c.rstrip(" *").endswith(("?", "？"))), None)
+      if i is None:
+        continue
+      q, a = _clean(row[i]), _clean(row[i + 1]) if i + 1 < len(row) else ""
+    items.append("empty_question" if not q else "empty_answer" if not a else (q, a))
+  return items
+
+
+def _question_line_items(text: str) -> list[tuple[str, str] | str]:
+  """A line that is a question ("**1. ...?**", "2) ...?", "- ...?") and the lines under it as its answer."""
+  items: list = []
+  question, answer = None, []
+  for line in text.splitlines() + [""]:
+    m = _QUESTION_LINE.fullmatch(line)
+    if m or not line.strip() and answer:
+      if question is not None and answer:
+        items.append((question, _clean(" ".join(answer))))
+      question, answer = (_clean(m.group(1)) if m else None), []
+    elif line.strip() and question is not None:
+      answer.append(line)
+  return [x for x in items if x[0] and x[1]]
 
 
 _YES = {"yes", "true", "accept", "keep", "हाँ", "हां", "सही", "स्वीकार"}

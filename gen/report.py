@@ -3,7 +3,9 @@
 `filters` is what `python -m gen curate --dry-run` prints: for every per-pair filter, how many
 pairs it alone would drop (`alone`, the checks are independent) and how many it drops in the
 pipeline order (`first`), with examples; `sweeps` counts what each numeric threshold would drop
-at other values, so a user can tune thresholds on their own data before committing.
+at other values (per-pair thresholds from the pairs' scores; the cross-pair ones, near-duplicate,
+agreement and MinHash thresholds, by rerunning curation in a dry run), so a user can tune
+thresholds on their own data before committing.
 """
 from __future__ import annotations
 
@@ -13,12 +15,24 @@ import os
 import re
 from typing import Any, Iterable, Sequence
 
-_SWEEPS = {  # threshold key -> (per-pair score, drop when score < value (True) or > value (False), values)
-  "grounding_threshold": ("grounding", True, (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
-  "new_content_threshold": ("new_content_support", True, (0.3, 0.5, 0.7, 0.9)),
-  "min_devanagari_ratio": (("devanagari_question", "devanagari_answer"), True, (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)),
-  "min_answer_tokens": ("answer_tokens", True, (2, 3, 4, 5, 6)),
-  "max_answer_tokens": ("answer_tokens", False, (40, 60, 80, 120)),
+_DROPS = {"below": lambda score, v: score < v, "above": lambda score, v: score > v,
+          "at_least": lambda score, v: score >= v}
+_SWEEPS = {  # threshold key -> (per-pair score(s), when a pair drops, values)
+  "grounding_threshold": ("grounding", "below", (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
+  "new_content_threshold": ("new_content_support", "below", (0.3, 0.5, 0.7, 0.9)),
+  "min_devanagari_ratio": (("devanagari_question", "devanagari_answer"), "below", (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)),
+  "min_question_tokens": ("question_tokens", "below", (2, 3, 4, 5)),
+  "max_question_tokens": ("question_tokens", "above", (20, 30, 40, 60)),
+  "min_answer_tokens": ("answer_tokens", "below", (2, 3, 4, 5, 6)),
+  "max_answer_tokens": ("answer_tokens", "above", (40, 60, 80, 120)),
+  "contam_question_threshold": ("heldout_question_jaccard", "at_least", (0.5, 0.6, 0.7, 0.8, 0.9)),
+}
+# Thresholds of the cross-pair steps: a pair's fate depends on the others, so the sweep reruns
+# curation with the one value changed (gen.curate.pipeline_sweeps) and counts the drops these reasons.
+PIPELINE_SWEEPS = {
+  "near_dup_threshold": (("duplicate_exact", "duplicate_near", "conflict"), (0.6, 0.7, 0.8, 0.9)),
+  "agree_threshold": (("duplicate_exact", "duplicate_near", "conflict"), (0.4, 0.5, 0.6, 0.7, 0.8)),
+  "minhash_threshold": (("duplicate_exact", "duplicate_near"), (0.6, 0.7, 0.8, 0.9)),
 }
 
 
@@ -39,11 +53,11 @@ def filter_stats(items: list, cfg: Any, reasons: Sequence[str]) -> dict:
     if it.reason:
       filters[it.reason]["first"] += 1
   sweeps = {}
-  for key, (score, below, values) in _SWEEPS.items():
+  for key, (score, mode, values) in _SWEEPS.items():
     names = score if isinstance(score, tuple) else (score,)
     rows = {}
     for v in values:
-      hit = [it for it in items if any((it.scores[n] < v) if below else (it.scores[n] > v) for n in names)]
+      hit = [it for it in items if any(_DROPS[mode](it.scores[n], v) for n in names)]
       rows[str(v)] = {"would_drop": len(hit), "examples": [_example(it, "") for it in hit[:k]]}
     sweeps[key] = {"current": cfg[key], "values": rows}
   return {"filters": filters, "sweeps": sweeps}

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from typing import Any, Iterable, Mapping
 
 from tqdm import tqdm
@@ -27,7 +26,9 @@ from tqdm import tqdm
 from gen import backends as backends_lib
 from gen import prompts
 from gen.parse import PARSE_DROPS, parse_pairs
-from gen.text import nfc
+from hinqa_jax import locks
+from hinqa_jax.files import write_atomic
+from hinqa_jax.records import normalize_text, read_records
 
 log = logging.getLogger(__name__)
 STATUSES = ("ok", "salvaged", "garbage", "failed", "too_long")
@@ -50,19 +51,19 @@ def field(record: Any, name: str, default: Any = "") -> Any:
 
 def context_id(domain: str, text: str) -> str:
   """Stable 16-hex-digit id of a context (independent of file order and QA ids)."""
-  return hashlib.sha1(f"{domain}\n{nfc(text)}".encode("utf-8")).hexdigest()[:16]
+  return hashlib.sha1(f"{domain}\n{normalize_text(text)}".encode("utf-8")).hexdigest()[:16]
 
 
 def group_contexts(records: Iterable[Any]) -> list[Context]:
   """Group QA records by (domain, context), in order of first appearance."""
   by_id: dict[str, Context] = {}
   for r in records:
-    domain, text = str(field(r, "domain")), nfc(str(field(r, "context")))
+    domain, text = str(field(r, "domain")), normalize_text(str(field(r, "context")))
     if not text:
       continue
     cid = context_id(domain, text)
     ctx = by_id.setdefault(cid, Context(cid, domain, text, []))
-    q, a = nfc(str(field(r, "question"))), nfc(str(field(r, "answer")))
+    q, a = normalize_text(str(field(r, "question"))), normalize_text(str(field(r, "answer")))
     if q and a:
       ctx.qas.append((str(field(r, "id")), q, a))
   return list(by_id.values())
@@ -88,22 +89,6 @@ def in_shard(cid: str, shard: tuple[int, int]) -> bool:
 
 def output_stem(teacher: str, shard: tuple[int, int]) -> str:
   return teacher if shard[1] == 1 else f"{teacher}.shard-{shard[0]}-of-{shard[1]}"
-
-
-def write_atomic(path: str, text: str) -> None:
-  """Write via a temp file in the same directory, fsync, rename: readers never see half a file."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def _append(path: str, rows: list[dict]) -> None:
@@ -144,9 +129,8 @@ def _recover(out_path: str, done_path: str) -> dict[str, dict]:
 
 def _load_contexts(config: Any, records: Iterable[Any] | None) -> list[Context]:
   if records is None:
-    from hinqa_jax import data  # noqa: PLC0415 -- the reader shared with training
     paths = (config.data.train,) if isinstance(config.data.train, str) else tuple(config.data.train)
-    records = [r for p in paths for r in data.read_records(p)]
+    records = [r for p in paths for r in read_records(p)]
   contexts = group_contexts(records)
   if not contexts:
     raise ValueError(f"no contexts found in {config.data.train}")
@@ -184,7 +168,8 @@ def _unit_result(name: str, ctx: Context, sample: int, out: Any, base: dict) -> 
   provenance = {**base, "context_id": ctx.cid, "sample": sample, "unit": unit, "parse_status": parsed.status,
                 "finish_reason": finish}
   rows = [{"id": f"{name}-{ctx.cid}-{sample}-{k}", "domain": ctx.domain, "context": ctx.text,
-           "question": q, "answer": a, "source": name, "provenance": provenance}
+           "question": q, "answer": a, "source": name,
+           "provenance": {**provenance, "pair_index": k, "pairs_in_output": len(parsed.pairs)}}
           for k, (q, a) in enumerate(parsed.pairs)]
   return entry, rows
 
@@ -296,9 +281,10 @@ def synthesize(config: Any, shard: tuple[int, int] | str = (0, 1), *, records: I
   os.makedirs(config.out_dir, exist_ok=True)
   summary = {"shard": f"{shard[0]}/{shard[1]}", "contexts": len(contexts),
              "contexts_in_shard": sum(in_shard(c.cid, shard) for c in contexts), "teachers": {}}
-  for name in names:
-    summary["teachers"][name] = _run_teacher(config, name, contexts, shard, (backends or {}).get(name))
   suffix = "" if shard[1] == 1 else f".shard-{shard[0]}-of-{shard[1]}"
+  with locks.hold(config.out_dir, f"gen synthesize shard {shard[0]}/{shard[1]}", name=f".lock{suffix}"):
+    for name in names:  # one writer per (out_dir, shard): a second would request every pair again
+      summary["teachers"][name] = _run_teacher(config, name, contexts, shard, (backends or {}).get(name))
   write_atomic(os.path.join(config.out_dir, f"summary{suffix}.json"),
                json.dumps(summary, ensure_ascii=False, indent=1, sort_keys=True))
   # Every teacher ran and every output and summary is saved (a rerun resumes); then a teacher that wrote

@@ -1,6 +1,8 @@
-"""Hindi text helpers for curation: normalisation, script ratio, n-grams, token F1, sentences.
+"""Hindi text helpers for curation: n-grams, token F1, sentences (normalisation and the Devanagari
+ratio are the readers', in hinqa_jax/records.py).
 
 Two normal forms are used on purpose:
+Numbers are written as their values first (gen/numbers.py: "चौदह", "१४" and "14" are one token).
 - `norm_tokens` (NFC, lower case, no punctuation) is what token F1 and n-gram overlap compare;
 - `loose_key` also strips every vowel sign, nukta, anusvara and virama and sorts the token set, so
   questions that differ only in matras (ि vs ी), nukta spellings (ज़ vs ज), punctuation or word order
@@ -12,7 +14,8 @@ import collections
 import re
 import unicodedata
 
-_DEVANAGARI = re.compile(r"[\u0900-\u097F\uA8E0-\uA8FF]")
+from gen.numbers import canonical
+
 # Sentence ends: danda, double danda, ? and !, newlines, and a full stop that is not a decimal point.
 _SENTENCE_END = re.compile(r"[।॥?!\n]+|(?<!\d)\.(?!\d)")
 # Independent long vowels written for their short form (and vice versa) in loose spelling.
@@ -24,22 +27,6 @@ STOPWORDS = frozenset(
   "एक ने तो ही कि जो या लिए किया किए करता करती करते जाता जाती जाते गया गई गए रहा रही रहे".split())
 
 
-def nfc(text: str) -> str:
-  """NFC-normalise and collapse runs of whitespace."""
-  return " ".join(unicodedata.normalize("NFC", text).split())
-
-
-def devanagari_ratio(text: str) -> float:
-  """Share of letters (incl. vowel signs) that are Devanagari; 0.0 for text without letters."""
-  deva = other = 0
-  for ch in text:
-    if _DEVANAGARI.match(ch):
-      deva += 1
-    elif ch.isalpha():
-      other += 1
-  return deva / (deva + other) if deva + other else 0.0
-
-
 def _strip_punct(text: str) -> str:
   # Keep letters, marks and digits of any script; everything else separates tokens.
   return "".join(ch if unicodedata.category(ch)[0] in "LMN" else " " for ch in text)
@@ -47,7 +34,7 @@ def _strip_punct(text: str) -> str:
 
 def norm_tokens(text: str) -> list[str]:
   """Tokens for F1 and n-gram overlap: NFC, lower case, digits as ASCII, punctuation removed."""
-  text = unicodedata.normalize("NFC", text).lower().translate(_DIGITS)
+  text = canonical(unicodedata.normalize("NFC", text)).lower().translate(_DIGITS)
   return _strip_punct(text).split()
 
 
@@ -58,13 +45,17 @@ def content_tokens(text: str) -> list[str]:
   return kept or toks
 
 
+# The auxiliary (है, था, थीं ...) never changes what a question asks: left out of loose keys.
+_AUXILIARY_KEYS = frozenset({"ह", "थ"})
+
+
 def loose_key(text: str) -> str:
-  """Spelling-, punctuation- and order-insensitive key: matra-stripped sorted token set."""
-  text = unicodedata.normalize("NFD", text).lower().translate(_DIGITS)
+  """Spelling-, punctuation- and order-insensitive key: matra-stripped sorted token set, no auxiliary."""
+  text = unicodedata.normalize("NFD", canonical(unicodedata.normalize("NFC", text))).lower().translate(_DIGITS)
   # NFD splits precomposed nukta letters (क़ -> क + ़); dropping every combining mark then removes
   # matras, nukta, candrabindu, anusvara, visarga and virama in one pass.
   text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "M").translate(_VOWEL_FOLD)
-  return " ".join(sorted(set(_strip_punct(text).split())))
+  return " ".join(sorted(set(_strip_punct(text).split()) - _AUXILIARY_KEYS))
 
 
 # Interrogatives decide what a question asks: "कब" vs "कहाँ" with the same frame are two questions.
@@ -91,8 +82,9 @@ _DEDUP_DROP = dict.fromkeys(map(ord, "\u093c\u200c\u200d"))  # nukta, ZWNJ, ZWJ
 
 
 def dedup_form(text: str) -> str:
-  """Normal form for near-duplicate keys: NFD, nukta and ZWJ/ZWNJ dropped, chandrabindu as
+  """Normal form for near-duplicate keys: numbers as values, NFD, nukta and ZWJ/ZWNJ dropped, chandrabindu as
   anusvara, digits ASCII, danda and all punctuation as spaces, lower case, single spaces."""
+  text = canonical(unicodedata.normalize("NFC", text))
   text = unicodedata.normalize("NFD", text).lower().translate(_DIGITS).translate(_DEDUP_DROP)
   text = text.replace("\u0901", "\u0902")
   return " ".join(_strip_punct(unicodedata.normalize("NFC", text)).split())

@@ -12,7 +12,26 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from hinqa_jax import cli
+
 COMMANDS = ("run", "prepare", "train", "evaluate", "export", "convert", "plan")
+# What each command does, its flags beside --config, and the config sections it reads (`COMMAND --help`).
+_HELP = {
+    "run": ("the whole pipeline of the config: tokenizer, base, synthetic data, stages, evaluation, report, export",
+            ("workdir",), ()),
+    "prepare": ("tokenize and pack data.train (+ data.synthetic) into WORKDIR/data/<key>/", ("workdir",),
+                ("data", "tokenizer")),
+    "train": ("one LoRA (or full) stage, train.stage, on the packed data; resumes by itself", ("workdir",),
+              ("seed", "model", "tokenizer", "data", "lora", "mesh", "train", "checkpoint")),
+    "evaluate": ("score a stage's adapters on data.val, test1, test2", ("workdir", "stage"),
+                 ("model", "tokenizer", "data", "mesh", "eval", "pretrain")),
+    "export": ("merged HF weights and a PEFT adapter of a stage", ("workdir", "stage", "hf_dir", "overwrite"),
+               ("model", "tokenizer", "mesh", "pretrain")),
+    "convert": ("validate a HF LLaMA dir and rewrite it in model.param_dtype at WORKDIR/converted",
+                ("workdir", "hf_dir"), ("model", "mesh")),
+    "plan": ("compile the train step and generate for a target with its real compiler: memory, fit, FLOPs",
+             ("target", "json", "loss_cap", "workdir"), ("model", "data", "lora", "mesh", "train", "eval")),
+}
 
 config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py)", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for everything the run writes")
@@ -27,53 +46,65 @@ flags.DEFINE_integer("loss_cap", None, "plan: the head's positions per row (defa
 FLAGS = flags.FLAGS
 
 
+def _command_help(command: str, argv: list[str]) -> str:
+  """`python -m hinqa_jax COMMAND --help [--config=FILE]`: the keys with their values in FILE (else the default
+  config) and the comments that declare them in hinqa_jax/config.py (then FILE)."""
+  from hinqa_jax import config as config_lib
+  what, own_flags, sections = _HELP[command]
+  path = cli.config_file(argv)
+  config = config_lib.load(path) if path else config_lib.default_config()
+  return cli.command_help("hinqa_jax", command, what, own_flags, sections, config, path, [config_lib.__file__])
+
+
 def main(argv):
   from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's INFO lines; this also sets the root logger's level
+  logging.getLogger("hinqa_jax").setLevel(logging.INFO)  # so our own progress lines ("m1: up to date, skipped") stay
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"usage: python -m hinqa_jax {{{'|'.join(COMMANDS)}}} --config=... --workdir=...")
+    cli.fail(f"usage: python -m hinqa_jax {{{'|'.join(COMMANDS)}}} --config=... --workdir=... (COMMAND --help: its keys)")
   command, config = argv[1], FLAGS.config
   if command in ("train", "run"):  # before jax starts its threads (hostmem.py: training steps only)
     from hinqa_jax import hostmem
     hostmem.keep_freed_memory()
   if config is None:
-    raise app.UsageError("--config is required")
+    cli.fail("--config is required")
   from hinqa_jax.config import check
   try:
     check(config)
   except ValueError as err:
-    raise app.UsageError(str(err)) from None
+    cli.fail(str(err))
   if command == "plan":
     from hinqa_jax import pipeline, plan, targets
     if not FLAGS.target:
-      raise app.UsageError(f"plan needs --target=NAME: {', '.join(targets.TARGETS)} or cpu-N (N fake CPU devices)")
+      cli.fail(f"plan needs --target=NAME: {', '.join(targets.TARGETS)} or cpu-N (N fake CPU devices)")
     loss_cap = FLAGS.loss_cap
     if loss_cap is None and FLAGS.workdir:
       loss_cap = pipeline.prepared_loss_cap(config, FLAGS.workdir)
     result = plan.plan(config, FLAGS.target, loss_cap=loss_cap)
     print(plan.report(result))
     if FLAGS.json:
-      from hinqa_jax.distributed import write_atomic
+      from hinqa_jax.files import write_atomic
       write_atomic(FLAGS.json, json.dumps(result, indent=2, default=str))
     return
   if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required")
+    cli.fail("--workdir is required")
   from hinqa_jax import distributed, pipeline
   distributed.initialize()
-  pipeline.make_mesh(config)  # before any work: the mesh fits this job's devices ...
-  distributed.check_shared_dir(FLAGS.workdir)  # ... and every process sees the same workdir
-  if command == "run":
-    result = pipeline.run(config, FLAGS.workdir)
-  elif command == "prepare":
-    result = pipeline.prepare(config, FLAGS.workdir)
-  elif command == "train":
-    result = pipeline.train(config, FLAGS.workdir)
-  elif command == "evaluate":
-    result = pipeline.evaluate(config, FLAGS.workdir, stage=FLAGS.stage)
-  elif command == "export":
-    result = pipeline.export(config, FLAGS.workdir, stage=FLAGS.stage, out_dir=FLAGS.hf_dir, overwrite=FLAGS.overwrite)
-  else:
-    result = pipeline.convert(config, FLAGS.workdir, hf_dir=FLAGS.hf_dir)
+  with distributed.failing_together():  # an error on any process stops every process, each saying it
+    pipeline.make_mesh(config)  # before any work: the mesh fits this job's devices ...
+    distributed.check_shared_dir(FLAGS.workdir)  # ... and every process sees the same workdir
+    if command == "run":
+      result = pipeline.run(config, FLAGS.workdir)
+    elif command == "prepare":
+      result = pipeline.prepare(config, FLAGS.workdir)
+    elif command == "train":
+      result = pipeline.train(config, FLAGS.workdir)
+    elif command == "evaluate":
+      result = pipeline.evaluate(config, FLAGS.workdir, stage=FLAGS.stage)
+    elif command == "export":
+      result = pipeline.export(config, FLAGS.workdir, stage=FLAGS.stage, out_dir=FLAGS.hf_dir, overwrite=FLAGS.overwrite)
+    else:
+      result = pipeline.convert(config, FLAGS.workdir, hf_dir=FLAGS.hf_dir)
   if result is not None and distributed.is_main():
     print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
 
@@ -81,4 +112,4 @@ def main(argv):
 if __name__ == "__main__":
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every save at INFO through absl
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser("hinqa_jax", COMMANDS, _command_help))

@@ -13,11 +13,14 @@ import random
 from pathlib import Path
 from typing import Any
 
-from hinqa_jax import data, hf, packing
+from gen import prompts
+from hinqa_jax import hf, packing
+from hinqa_jax.examples import Example
+from hinqa_jax.records import Record
 from hinqa_jax.tokenizer import load_tokenizer
 
 
-def corpus_examples(tok: Any, records: list[data.Record], seq_len: int) -> list[data.Example]:
+def corpus_examples(tok: Any, records: list[Record], seq_len: int) -> list[Example]:
   """Plain-text LM examples (loss on every token): each context once, then each QA as text."""
   texts, seen = [], set()
   for r in records:
@@ -28,16 +31,15 @@ def corpus_examples(tok: Any, records: list[data.Record], seq_len: int) -> list[
   out = []
   for ex_id, text in texts:
     ids = [tok.bos_token_id] + tok.encode(text, add_special_tokens=False)[:seq_len - 2] + [tok.eos_token_id]
-    out.append(data.Example(ex_id, "corpus", ids, [0] + [1] * (len(ids) - 1)))
+    out.append(Example(ex_id, "corpus", ids, [0] + [1] * (len(ids) - 1)))
   return out
 
 
-def teacher_examples(tok: Any, records: list[data.Record], gen_config: Any, seq_len: int, samples: int,
-                     seed: int) -> list[data.Example]:
+def teacher_examples(tok: Any, records: list[Record], gen_config: Any, seq_len: int, samples: int,
+                     seed: int) -> list[Example]:
   """gen's prompt for a context (as synthesize will send it) -> {"pairs": [num_pairs of its QA pairs]}, the object the
   prompt and the structured-output schema ask for."""
-  from gen import prompts
-  by_context: dict[tuple[str, str], list[data.Record]] = {}
+  by_context: dict[tuple[str, str], list[Record]] = {}
   for r in records:
     by_context.setdefault((r.domain, r.context), []).append(r)
   rng = random.Random(seed)
@@ -54,12 +56,12 @@ def teacher_examples(tok: Any, records: list[data.Record], gen_config: Any, seq_
       ids = (prompt_ids + answer_ids)[:seq_len]
       if len(ids) < len(prompt_ids) + 8:
         continue  # the prompt alone fills the row: nothing to learn from it
-      out.append(data.Example(f"{recs[0].id}-t{s}", "teacher-task", ids,
+      out.append(Example(f"{recs[0].id}-t{s}", "teacher-task", ids,
                               [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))))
   return out
 
 
-def write_examples(examples: list[data.Example], out_dir: Path, tok_path: str, seq_len: int) -> Path:
+def write_examples(examples: list[Example], out_dir: Path, tok_path: str, seq_len: int) -> Path:
   """Packed rows of examples at out_dir (reused if already there)."""
   if not (out_dir / "manifest.json").exists():
     tok = load_tokenizer(tok_path)

@@ -10,6 +10,14 @@ import importlib.util
 from pathlib import Path
 
 import ml_collections
+from ml_collections import config_dict
+
+# The real experiment's layout: the VATIKA files (train/val/test1/test2.json) under one directory, and one
+# workdir holding gen's output (<workdir>/gen) next to the stages. The gen configs and the 8B configs share
+# these defaults, so `python -m gen curate` writes what `python -m hinqa_jax run` reads.
+VATIKA_ROOT = "/data/vatika"
+VATIKA_WORKDIR = "runs/vatika_8b"
+VATIKA_SPLITS = ("train", "val", "test1", "test2")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -73,6 +81,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 50  # save period (a save also happens at the end and on SIGTERM)
   c.checkpoint.keep = 2  # checkpoints kept per stage
+  c.checkpoint.preempt_grace_s = 60.0  # after SIGTERM, exit 143 even if no step boundary came (one process)
 
   c.pretrain = ml_collections.ConfigDict()
   c.pretrain.steps = 0  # > 0: first train the base from scratch (all weights) on the training text (CPU demo)
@@ -134,13 +143,25 @@ _RULES = (
     ("train.eval_every_steps", lambda v: v >= 0, ">= 0"),
     ("checkpoint.every_steps", lambda v: v >= 1, ">= 1"),
     ("checkpoint.keep", lambda v: v >= 1, ">= 1"),
+    ("checkpoint.preempt_grace_s", lambda v: v > 0, "> 0"),
     ("pretrain.steps", lambda v: v >= 0, ">= 0"),
     ("pretrain.batch_size", lambda v: v >= 1, ">= 1"),
     ("run.stage2_steps", lambda v: v >= 0, ">= 0"),
     ("eval.max_new_tokens", lambda v: v >= 1, ">= 1"),
     ("eval.batch_size", lambda v: v >= 1, ">= 1"),
     ("eval.max_examples", lambda v: v >= 0, ">= 0"),
+    ("eval.bertscore_layer", lambda v: v >= 1, ">= 1"),
+    ("eval.n_bootstrap", lambda v: v >= 40, ">= 40 (the 95% interval trims 1/40 from each end)"),
+    ("eval.n_trials", lambda v: v >= 1, ">= 1"),
+    ("eval.significance_seed", lambda v: v > 0, "> 0"),
 )
+
+
+def _bertscore_layers(model_dir: str) -> int | None:
+  """Layers of the local BERTScore model, or None where there is none to read (it is then noted, not scored)."""
+  import json
+  cfg = Path(model_dir) / "config.json"
+  return json.loads(cfg.read_text()).get("num_hidden_layers") if model_dir and cfg.is_file() else None
 
 
 def check(config: ml_collections.ConfigDict) -> None:
@@ -155,6 +176,10 @@ def check(config: ml_collections.ConfigDict) -> None:
       bad.append(f"--config.{dotted}={node!r} must be {rule}")
   if config.model.quantize and config.train.mode != "lora":
     bad.append(f"--config.model.quantize={config.model.quantize!r} needs --config.train.mode=lora (a quantized base is frozen)")
+  layers = _bertscore_layers(config.eval.bertscore_model)
+  if layers is not None and config.eval.bertscore_layer > layers:  # else a traceback after all the training
+    bad.append(f"--config.eval.bertscore_layer={config.eval.bertscore_layer} must be <= {layers}, the layers of "
+               f"{config.eval.bertscore_model}")
   if bad:
     raise ValueError("bad config: " + "; ".join(bad))
 
@@ -173,12 +198,10 @@ def vatika_llama3_8b(experiments: tuple[str, ...]) -> ml_collections.ConfigDict:
   c.model.param_dtype = "bfloat16"
   c.model.remat = "full"  # 2048-token rows on 16-80 GB devices
   c.tokenizer.path = "/models/Meta-Llama-3.1-8B-Instruct"  # its tokenizer (chat template included)
-  c.data.train = ("/data/vatika/train.json",)  # the VATIKA files, read from a path (not bundled)
-  c.data.val = "/data/vatika/val.json"
-  c.data.test1 = "/data/vatika/test1.json"
-  c.data.test2 = "/data/vatika/test2.json"
-  # From `python -m gen synthesize|curate --config=configs/gen/llama70b_phi4_vllm.py` on GPU nodes.
-  c.data.synthetic = ("runs/gen/vatika_vllm/curated/synthetic.jsonl",)
+  vatika_files(c.data)  # data.root (VATIKA files, not bundled) -> data.train, val, test1, test2
+  # gen's output: `python -m gen curate --config=configs/gen/llama70b_phi4_vllm.py` writes <gen_dir>/curated/
+  c.data.gen_dir = VATIKA_WORKDIR + "/gen"  # gen's out_dir; M2 and M3 read <gen_dir>/curated/synthetic.jsonl
+  c.data.synthetic = _one_file_under(c.data.get_ref("gen_dir"), "curated/synthetic.jsonl")
   c.data.seq_len = 2048
   c.lora.rank = 16
   c.lora.alpha = 32.0
@@ -203,6 +226,24 @@ def vatika_llama3_8b(experiments: tuple[str, ...]) -> ml_collections.ConfigDict:
   c.eval.batch_size = 32
   c.eval.bertscore_model = "/models/bert-base-multilingual-cased"  # layer 9 for Hindi
   return c
+
+
+def _one_file_under(dir_ref: config_dict.FieldReference, name: str) -> config_dict.FieldReference:
+  """A tuple-typed field `(<dir>/name,)` computed when read, so it follows an override of the directory key.
+  ml_collections' own lazy-op mechanism (what `ref + "/x"` builds for a str), with a tuple result."""
+  return config_dict.FieldReference((), field_type=tuple,
+                                    op=config_dict.config_dict._Op(lambda _, d: (f"{d}/{name}",), [dir_ref]))
+
+
+def vatika_files(data: ml_collections.ConfigDict, root: str = VATIKA_ROOT) -> None:
+  """Add `data.root` and make data.train/val/test1/test2 follow it: `--config.data.root=/x` reads /x/train.json,
+  /x/val.json, ...; a split given on its own (`--config.data.val=...`) wins over the root. Used by the 8B configs
+  and the gen configs, so teachers and student read the same files."""
+  data.root = root  # directory of the VATIKA files train.json, val.json, test1.json, test2.json
+  ref = data.get_ref("root")
+  data.train = _one_file_under(ref, "train.json")
+  for split in VATIKA_SPLITS[1:]:
+    data[split] = ref + f"/{split}.json"
 
 
 def with_overrides(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:

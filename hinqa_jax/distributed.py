@@ -5,32 +5,45 @@ HINQA_PROCESS_ID (set by launch/local.sh and the tests), then JAX's auto-detecti
 SLURM variables), which `jax.distributed.initialize()` does by itself when called without arguments.
 
 The workdir rule: every process runs the same program; process 0 alone writes shared files (`main_only`),
-the others wait for it at a named barrier; temp files carry host, pid and process index in their name and
-are renamed into place (`write_atomic`); Orbax writes from every process as it is designed to. Barriers
+the others wait for it at a named barrier; temp files carry host and pid in their name and
+are renamed into place (`files.write_atomic`); Orbax writes from every process as it is designed to. Barriers
 and the values process 0 hands to the others go through the coordination service of `jax.distributed`,
 not through a device collective: a CPU (gloo) collective gives up after 30 s when one process is busy
 writing, a coordination barrier waits as long as it is told.
+
+Every synchronisation (barrier, main_only, all_gather_json) has a name, and the processes compare the
+names: one that took another path (skipped a step on one process) fails there, naming both, instead
+of waiting at a mismatched barrier. An error on any process reaches all of them (`failing_together`):
+each process watches one key of the coordination service and exits within a second when another
+process has put its error there.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import os
-import socket
+import sys
+import threading
+import time
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import jax
 import numpy as np
+from jax._src import distributed as jax_distributed  # private: see _client
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 _initialized = False
 T = TypeVar("T")
 # Process 0 may write for a long time alone (an 8B export, the demo's teachers): waiting is not a failure.
 BARRIER_TIMEOUT_S = 3 * 3600
-_sequence = itertools.count()  # every process passes the same barriers in the same order: ids match
+_sequence = itertools.count()  # every process passes the same synchronisations in the same order
+FAILED_KEY = "hinqa/failed"  # the first error of any process: {"process": i, "error": "..."}
 
 
 def _env_settings() -> dict:
@@ -65,6 +78,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   else:
     return
   _initialized = True
+  if jax.process_count() > 1:
+    threading.Thread(target=_watch_failures, name="hinqa-failure-watch", daemon=True).start()
   log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
            jax.local_device_count(), jax.device_count())
 
@@ -76,21 +91,34 @@ def is_main() -> bool:
 def _client():
   # jax.distributed's coordination client: no public handle in jax 0.10 (Orbax and jax's own
   # array_serialization reach it the same way).
-  from jax._src import distributed as jax_distributed
   client = jax_distributed.global_state.client
   if client is None:
     raise RuntimeError(f"{jax.process_count()} processes but jax.distributed is not initialized")
   return client
 
 
-def _key(name: str) -> str:
-  return f"hinqa/{next(_sequence)}/{name}"
+def _open(name: str) -> str:
+  """The key prefix of the next synchronisation; this process's name for it goes under <prefix>/name/<i>."""
+  key = f"hinqa/{next(_sequence)}"
+  _client().key_value_set(f"{key}/name/{jax.process_index()}", name)
+  return key
+
+
+def _same_name(key: str, name: str, process: int, timeout_s: int) -> None:
+  theirs = _client().blocking_key_value_get(f"{key}/name/{process}", timeout_s * 1000)
+  if theirs != name:
+    raise RuntimeError(f"process {jax.process_index()} is at {name!r} but process {process} at {theirs!r} "
+                       f"(synchronisation {key}): the processes took different paths through the program")
 
 
 def barrier(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
-  """Every process waits here until all have arrived; a no-op on one process."""
-  if jax.process_count() > 1:
-    _client().wait_at_barrier(_key(name), timeout_s * 1000)
+  """Every process waits here until all have arrived, then checks they all arrived at `name`."""
+  if jax.process_count() == 1:
+    return
+  key = _open(name)
+  _client().wait_at_barrier(f"{key}/barrier", timeout_s * 1000)
+  for i in range(jax.process_count()):
+    _same_name(key, name, i, timeout_s)
 
 
 def main_only(name: str, fn: Callable[[], T], timeout_s: int = BARRIER_TIMEOUT_S) -> T:
@@ -100,28 +128,83 @@ def main_only(name: str, fn: Callable[[], T], timeout_s: int = BARRIER_TIMEOUT_S
   process 0 is raised on every process, naming the step."""
   if jax.process_count() == 1:
     return json.loads(json.dumps(fn(), default=str))
-  key, client = _key(name), _client()
+  key, client = _open(name), _client()
   if is_main():
     try:
       result = json.loads(json.dumps(fn(), default=str))
     except BaseException as err:
-      client.key_value_set(key, json.dumps({"error": f"{type(err).__name__}: {err}"}))
+      client.key_value_set(f"{key}/result", json.dumps({"error": f"{type(err).__name__}: {err}"}))
       raise
-    client.key_value_set(key, json.dumps({"result": result}))
+    client.key_value_set(f"{key}/result", json.dumps({"result": result}))
     return result
-  reply = json.loads(client.blocking_key_value_get(key, timeout_s * 1000))
+  _same_name(key, name, 0, timeout_s)
+  reply = json.loads(client.blocking_key_value_get(f"{key}/result", timeout_s * 1000))
   if "error" in reply:
     raise RuntimeError(f"process 0 failed in {name!r}: {reply['error']}")
   return reply["result"]
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-  """Write text beside `path` under a name unique to this process, then rename it into place."""
-  path = Path(path)
-  tmp = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}-{jax.process_index()}.tmp")
-  tmp.write_text(text, encoding="utf-8")
-  os.replace(tmp, path)
-  return path
+def all_gather_json(name: str, value: Any, timeout_s: int = BARRIER_TIMEOUT_S) -> list:
+  """[value of process 0, value of process 1, ...] on every process (small JSON values: verdicts, tokens)."""
+  if jax.process_count() == 1:
+    return [json.loads(json.dumps(value, default=str))]
+  key, client = _open(name), _client()
+  client.key_value_set(f"{key}/value/{jax.process_index()}", json.dumps(value, default=str))
+  out = []
+  for i in range(jax.process_count()):
+    _same_name(key, name, i, timeout_s)
+    out.append(json.loads(client.blocking_key_value_get(f"{key}/value/{i}", timeout_s * 1000)))
+  return out
+
+
+def _exit_after_failure(client, me: int, acks_s: float = 10.0) -> None:
+  """Acknowledge the failure; process 0 (it serves the coordination service) first waits until every
+  process has read it, so none is left waiting on a service that is gone."""
+  with contextlib.suppress(Exception):
+    client.key_value_set(f"{FAILED_KEY}/ack/{me}", "1")
+  if me == 0:
+    for i in range(1, jax.process_count()):
+      with contextlib.suppress(Exception):
+        client.blocking_key_value_get(f"{FAILED_KEY}/ack/{i}", int(acks_s * 1000))
+  sys.stderr.flush()
+  logging.shutdown()
+  os._exit(1)
+
+
+def _watch_failures() -> None:
+  client, me = _client(), jax.process_index()
+  while True:
+    time.sleep(0.5)
+    try:
+      reply = client.key_value_try_get(FAILED_KEY)
+    except Exception as err:  # noqa: BLE001
+      if "NOT_FOUND" in str(err):
+        continue
+      return  # the client is shut down: the job is over
+    failure = json.loads(reply)
+    if failure["process"] == me:
+      return  # this process reported it and is exiting itself
+    print(f"hinqa: process {failure['process']} failed, so process {me} stops too: {failure['error']}",
+          file=sys.stderr)
+    _exit_after_failure(client, me)
+
+
+@contextlib.contextmanager
+def failing_together():
+  """An exception on one process ends every process within seconds, each printing it (several processes;
+  one process: the exception just propagates). SystemExit (a preemption's 143) passes through."""
+  try:
+    yield
+  except SystemExit:
+    raise
+  except BaseException as err:
+    if not _initialized or jax.process_count() == 1:
+      raise
+    client, me = _client(), jax.process_index()
+    traceback.print_exc()
+    with contextlib.suppress(Exception):  # another process may have failed first: its error stands
+      client.key_value_set(FAILED_KEY, json.dumps({"process": me, "error": f"{type(err).__name__}: {err}"}))
+    _exit_after_failure(client, me)
 
 
 def check_shared_dir(path: str | os.PathLike) -> None:
@@ -140,11 +223,7 @@ def check_shared_dir(path: str | os.PathLike) -> None:
 
   probe = path / main_only("workdir-probe", write_probe)  # each process looks in its own `path`
   seen = probe.read_text() if probe.is_file() else None
-  key, client = _key("workdir-seen"), _client()
-  client.key_value_set(f"{key}/{jax.process_index()}", "ok" if seen == probe.name else "missing")
-  replies = {i: client.blocking_key_value_get(f"{key}/{i}", BARRIER_TIMEOUT_S * 1000)
-             for i in range(jax.process_count())}
-  barrier("workdir-probe-read")
+  replies = dict(enumerate(all_gather_json("workdir-seen", "ok" if seen == probe.name else "missing")))
   if is_main():
     probe.unlink()
   blind = sorted(i for i, r in replies.items() if r != "ok")
@@ -159,6 +238,5 @@ def to_host(x: Any) -> np.ndarray:
 
   Call it on every process for an array that spans processes: the gather is a collective."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))

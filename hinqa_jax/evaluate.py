@@ -17,7 +17,10 @@ from typing import Any
 import jax
 from tqdm import tqdm
 
-from hinqa_jax import data, decode, distributed, metrics
+from hinqa_jax import checkpoint, decode, distributed, lora, metrics, sharding, train as train_lib, validation
+from hinqa_jax.examples import encode_prompt
+from hinqa_jax.files import write_atomic
+from hinqa_jax.records import Record, read_records
 from hinqa_jax.tokenizer import stop_ids
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,6 @@ def load_adapters(stage_dir: str | os.PathLike, cfg, lcfg=None, mesh=None):
   and export need no re-typing; a checkpoint of another model, a full-training stage or arrays that do
   not match their metadata are refused before anything is read. Any mesh, any number of processes
   (default mesh: every device, data parallel)."""
-  from hinqa_jax import checkpoint, lora, sharding, train as train_lib, validation
   ckpt = validation.selected_checkpoints(stage_dir)
   if not ckpt.is_dir():
     raise FileNotFoundError(f"stage {Path(stage_dir).name}: no checkpoints at {ckpt} (train it first)")
@@ -54,7 +56,6 @@ def load_adapters(stage_dir: str | os.PathLike, cfg, lcfg=None, mesh=None):
 def load_stage(config, workdir: str | os.PathLike, stage: str, mesh, vocab: int):
   """(cfg, base params, adapters, LoraConfig) of a trained stage on `mesh`: the adapters first (their checks
   are cheap), then the base created or read already sharded, exactly as training had it."""
-  from hinqa_jax import train as train_lib
   cfg = train_lib.model_config(config, vocab)
   adapters, lcfg = load_adapters(Path(workdir) / stage, cfg, mesh=mesh)
   return cfg, train_lib.load_base(config, cfg, mesh), adapters, lcfg
@@ -62,10 +63,10 @@ def load_stage(config, workdir: str | os.PathLike, stage: str, mesh, vocab: int)
 
 # ----------------------------------------------------------------------------- generation and scores
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-  distributed.write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+  write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-def predict(cfg, params, tokenizer, records: list[data.Record], *, adapters=None, lora_cfg=None,
+def predict(cfg, params, tokenizer, records: list[Record], *, adapters=None, lora_cfg=None,
             template: str = "auto", max_new_tokens: int = 64, batch_size: int = 16, max_prompt_tokens: int | None = None,
             progress: bool = True, desc: str = "generate", mesh=None) -> list[str]:
   """Greedy answers for records, in their order. Prompts are batched by length to waste little padding.
@@ -74,11 +75,11 @@ def predict(cfg, params, tokenizer, records: list[data.Record], *, adapters=None
   budget = min(cfg.max_seq_len, max_prompt_tokens or cfg.max_seq_len) - max_new_tokens
   prompts = []
   for r in records:
-    ids = data.encode_prompt(tokenizer, r, template)
+    ids = encode_prompt(tokenizer, r, template)
     if len(ids) > budget:  # cut the context, never the question, to leave room for the answer
       over = len(ids) - budget
       n_ctx = len(tokenizer.encode(r.context, add_special_tokens=False))
-      ids = data.encode_prompt(tokenizer, r, template, max_context_tokens=max(n_ctx - over - 8, 0))
+      ids = encode_prompt(tokenizer, r, template, max_context_tokens=max(n_ctx - over - 8, 0))
     prompts.append(ids)
   answers: list[str] = [""] * len(records)
   stops = stop_ids(tokenizer)
@@ -92,7 +93,7 @@ def predict(cfg, params, tokenizer, records: list[data.Record], *, adapters=None
   return answers
 
 
-def evaluate_split(name: str, records: list[data.Record], out_dir: str | os.PathLike, cfg, params, tokenizer, *,
+def evaluate_split(name: str, records: list[Record], out_dir: str | os.PathLike, cfg, params, tokenizer, *,
                    adapters=None, lora_cfg=None, eval_cfg=None, template: str = "auto", max_prompt_tokens=None,
                    progress: bool = True, mesh=None) -> dict[str, Any]:
   """Predict, save `<out_dir>/<name>.predictions.jsonl`, score. Returns the split's scores (on every process)."""
@@ -103,7 +104,7 @@ def evaluate_split(name: str, records: list[data.Record], out_dir: str | os.Path
     return {"n": 0, "note": f"split {name}: no records"}
   answers = predict(cfg, params, tokenizer, records, adapters=adapters, lora_cfg=lora_cfg, template=template,
                     max_new_tokens=e.max_new_tokens if e else 64, batch_size=e.batch_size if e else 16,
-                    max_prompt_tokens=max_prompt_tokens, progress=progress, desc=f"eval {name}", mesh=mesh)
+                    max_prompt_tokens=max_prompt_tokens, progress=progress, desc=f"eval {Path(out_dir).name} {name}", mesh=mesh)
 
   def save_and_score() -> dict:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -129,7 +130,7 @@ def evaluate_all(split_paths: dict[str, str], out_dir: str | os.PathLike, cfg, p
       results[name] = {"n": 0, "note": f"split {name}: no file configured"}
       continue
     try:
-      records = data.read_records(path, strict=False)
+      records = read_records(path, strict=False)
     except (ValueError, FileNotFoundError) as err:
       results[name] = {"n": 0, "note": f"split {name}: {err}"}
       continue
@@ -137,7 +138,7 @@ def evaluate_all(split_paths: dict[str, str], out_dir: str | os.PathLike, cfg, p
 
   def save() -> None:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    distributed.write_atomic(Path(out_dir) / "scores.json", json.dumps(results, indent=2, ensure_ascii=False))
+    write_atomic(Path(out_dir) / "scores.json", json.dumps(results, indent=2, ensure_ascii=False))
 
   distributed.main_only("scores.json", save)
   return results

@@ -10,23 +10,23 @@ from __future__ import annotations
 
 import bisect
 import collections
-import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hinqa_jax import data
-from hinqa_jax.tokenizer import REPO_ROOT, load_tokenizer, tokenizer_hash
+from hinqa_jax.examples import Example, build_example, resolve_template
+from hinqa_jax.files import atomic_dir, file_digest, repo_path
+from hinqa_jax.records import Problem, read_records_report
+from hinqa_jax.tokenizer import load_tokenizer, tokenizer_hash
 
 KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
 LOSS_CAP_MULTIPLE = 64  # the loss-only head's positions per row, rounded up to this
 
 
-def pack_examples(examples: list[data.Example], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+def pack_examples(examples: list[Example], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
   """Best-fit decreasing packing into rows of seq_len: int32 arrays [N, seq_len] under KEYS."""
   for ex in examples:
     if len(ex.tokens) > seq_len:
@@ -68,20 +68,6 @@ def loss_cap(loss_mask_nt: np.ndarray, seq_len: int) -> int:
   return min(seq_len, -(-max(most, 1) // LOSS_CAP_MULTIPLE) * LOSS_CAP_MULTIPLE)
 
 
-def _resolve(path: str | os.PathLike) -> Path:
-  """Config paths are relative to the working directory, else to the repo root."""
-  path = Path(path)
-  if path.exists() or path.is_absolute() or not (REPO_ROOT / path).exists():
-    return path
-  return REPO_ROOT / path
-
-
-def _sha256(path: Path) -> str:
-  if path.is_dir():
-    return ""
-  return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _as_tuple(value: Any) -> tuple:
   if not value:
     return ()
@@ -95,25 +81,25 @@ def prepare(config: Any, out_dir: str | os.PathLike, rows_per_shard: int = 1024)
   all. With config.data.strict a bad record stops the run, else it is skipped and listed in the
   manifest. Returns the manifest.
   """
-  tok = load_tokenizer(_resolve(config.tokenizer.path))
-  template = data.resolve_template(tok, config.data.template)
+  tok = load_tokenizer(repo_path(config.tokenizer.path))
+  template = resolve_template(tok, config.data.template)
   seq_len = int(config.data.seq_len)
-  files = [_resolve(p) for p in _as_tuple(config.data.train) + _as_tuple(config.data.synthetic)]
+  files = [repo_path(p) for p in _as_tuple(config.data.train) + _as_tuple(config.data.synthetic)]
   if not files:
     raise ValueError("prepare: config.data.train and config.data.synthetic name no file")
   records, problems, inputs = [], [], []
   for path in files:
-    recs, probs = data.read_records_report(path)
+    recs, probs = read_records_report(path)
     records += [(path, r) for r in recs]
     problems += probs
-    inputs.append({"path": str(path), "sha256": _sha256(path), "records": len(recs),
+    inputs.append({"path": str(path), "sha256": file_digest(path), "records": len(recs),
                    "skipped": len(probs)})
   examples = []
   for path, rec in records:
     try:
-      examples.append(data.build_example(tok, rec, template, seq_len))
+      examples.append(build_example(tok, rec, template, seq_len))
     except ValueError as e:  # e.g. question + answer alone longer than seq_len
-      problems.append(data.Problem(str(path), "example", rec.id, str(e)))
+      problems.append(Problem(str(path), "example", rec.id, str(e)))
   if problems and config.data.strict:
     raise ValueError("prepare: bad records (config.data.strict is set):\n"
                      + "\n".join(f"  {p.file}: {p}" for p in problems))
@@ -125,7 +111,7 @@ def prepare(config: Any, out_dir: str | os.PathLike, rows_per_shard: int = 1024)
                       tokenizer_path=str(config.tokenizer.path), rows_per_shard=rows_per_shard)
 
 
-def write_packed(examples: list[data.Example], out_dir: str | os.PathLike, tok: Any, seq_len: int, template: str,
+def write_packed(examples: list[Example], out_dir: str | os.PathLike, tok: Any, seq_len: int, template: str,
                  *, problems: list | None = None, inputs: list | None = None, tokenizer_path: str = "",
                  rows_per_shard: int = 1024) -> dict:
   """Pack examples and write shards + manifest.json; out_dir appears whole or not at all.
@@ -140,41 +126,34 @@ def write_packed(examples: list[data.Example], out_dir: str | os.PathLike, tok: 
   truncated = [ex for ex in examples if ex.context_tokens_dropped > 0]
   shards = []
   out_dir = Path(out_dir)
-  tmp = out_dir.with_name(out_dir.name + ".tmp")
-  shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
-  for s, start in enumerate(range(0, n_rows, rows_per_shard)):
-    names = {k: f"{k}-{s:05d}.npy" for k in KEYS}
-    for k in KEYS:
-      np.save(tmp / names[k], arrays[k][start:start + rows_per_shard])
-    shards.append({"rows": min(rows_per_shard, n_rows - start), "files": names})
-  manifest = {
-      "format": 1, "tokenizer_path": tokenizer_path, "tokenizer_hash": tokenizer_hash(tok),
-      "vocab_size": len(tok), "pad_id": int(pad_id), "seq_len": seq_len, "template": template,
-      "num_examples": len(examples), "num_rows": n_rows, "num_shards": len(shards),
-      "rows_per_shard": rows_per_shard, "shards": shards,
-      "packing_efficiency": float(lengths.sum() / (n_rows * seq_len)),
-      "loss_tokens": int(arrays["loss_mask"].sum()),
-      "loss_cap": loss_cap(arrays["loss_mask"], seq_len),
-      "tokens_per_example": {"mean": float(lengths.mean()), "max": int(lengths.max()),
-                             "min": int(lengths.min())},
-      "truncated_examples": len(truncated),
-      "context_tokens_dropped": int(sum(ex.context_tokens_dropped for ex in truncated)),
-      "truncated_ids": [ex.id for ex in truncated],
-      "skipped": [{"file": p.file, "where": p.where, "id": p.record_id, "reason": p.reason}
-                  for p in problems],
-      "source_counts": dict(sorted(collections.Counter(ex.source for ex in examples).items())),
-      "inputs": inputs,
-  }
-  (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
-                                     encoding="utf-8")
-  old = out_dir.with_name(out_dir.name + ".old")
-  if out_dir.exists():
-    shutil.rmtree(old, ignore_errors=True)
-    out_dir.rename(old)
-  tmp.rename(out_dir)
-  shutil.rmtree(old, ignore_errors=True)
-  print(f"prepare: {len(examples)} examples from {len(inputs)} file(s) -> {n_rows} rows x {seq_len} "
+  with atomic_dir(out_dir) as tmp:
+    for s, start in enumerate(range(0, n_rows, rows_per_shard)):
+      names = {k: f"{k}-{s:05d}.npy" for k in KEYS}
+      for k in KEYS:
+        np.save(tmp / names[k], arrays[k][start:start + rows_per_shard])
+      shards.append({"rows": min(rows_per_shard, n_rows - start), "files": names})
+    manifest = {
+        "format": 1, "tokenizer_path": tokenizer_path, "tokenizer_hash": tokenizer_hash(tok),
+        "vocab_size": len(tok), "pad_id": int(pad_id), "seq_len": seq_len, "template": template,
+        "num_examples": len(examples), "num_rows": n_rows, "num_shards": len(shards),
+        "rows_per_shard": rows_per_shard, "shards": shards,
+        "packing_efficiency": float(lengths.sum() / (n_rows * seq_len)),
+        "loss_tokens": int(arrays["loss_mask"].sum()),
+        "loss_cap": loss_cap(arrays["loss_mask"], seq_len),
+        "tokens_per_example": {"mean": float(lengths.mean()), "max": int(lengths.max()),
+                               "min": int(lengths.min())},
+        "truncated_examples": len(truncated),
+        "context_tokens_dropped": int(sum(ex.context_tokens_dropped for ex in truncated)),
+        "truncated_ids": [ex.id for ex in truncated],
+        "skipped": [{"file": p.file, "where": p.where, "id": p.record_id, "reason": p.reason}
+                    for p in problems],
+        "source_counts": dict(sorted(collections.Counter(ex.source for ex in examples).items())),
+        "inputs": inputs,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
+                                       encoding="utf-8")
+  origin = f"{len(inputs)} file(s)" if inputs else "examples built in memory"  # (base pretraining, teachers)
+  print(f"prepare: {len(examples)} examples from {origin} -> {n_rows} rows x {seq_len} "
         f"in {len(shards)} shard(s) at {out_dir}")
   print(f"prepare: packing efficiency {manifest['packing_efficiency']:.1%}, tokens/example "
         f"mean {lengths.mean():.1f} max {lengths.max()}, loss tokens {manifest['loss_tokens']} (at most "

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import jax
 
-from hinqa_jax import distributed
+from hinqa_jax import distributed, locks
 from hinqa_jax.config import with_overrides
-from hinqa_jax.stages import cached, content_hash, file_digest, plain, portable, stage_key
+from hinqa_jax.files import file_digest, write_atomic
+from hinqa_jax.stages import cached, content_hash, plain, portable, stage_key, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,11 @@ def prepare(config, workdir: str | os.PathLike, files: tuple[str, ...] | None = 
   out = Path(workdir) / "data" / key
 
   def pack() -> None:
-    if not (out / "manifest.json").exists():
-      with config.unlocked():
-        config.data.train, config.data.synthetic = files, ()
-      packing.prepare(config, out)
+    with locks.hold(out.parent, f"prepare {key}", name=f".{key}.lock"):  # one writer of this data at a time
+      if not (out / "manifest.json").exists():
+        with config.unlocked():
+          config.data.train, config.data.synthetic = files, ()
+        packing.prepare(config, out)
 
   distributed.main_only(f"prepare {key}", pack)
   manifest = json.loads((out / "manifest.json").read_text())
@@ -84,12 +86,12 @@ _with = with_overrides  # the commands' short name for it
 def _tokenizer(config, workdir: Path) -> str:
   if config.tokenizer.path:
     return str(config.tokenizer.path)
-  from hinqa_jax import tokenizer
+  from hinqa_jax.examples import build_bundled_tokenizer
   out = workdir / "tokenizer"
 
   def build() -> None:
     if not (out / "tokenizer.json").exists():
-      tokenizer.build_bundled_tokenizer(train_path=config.data.train[0], out_dir=out)
+      build_bundled_tokenizer(train_path=config.data.train[0], out_dir=out)
 
   distributed.main_only("tokenizer", build)
   return str(out)
@@ -123,9 +125,10 @@ def _base(config, workdir: Path) -> str:
   """The frozen base: config.model.hf_path, or (pretrain.steps > 0) a small model pretrained here."""
   if config.pretrain.steps <= 0:
     return config.model.hf_path
-  from hinqa_jax import bootstrap, data
+  from hinqa_jax import bootstrap
+  from hinqa_jax.records import read_records
   from hinqa_jax.tokenizer import load_tokenizer
-  records = [r for f in config.data.train for r in data.read_records(f, strict=False)]
+  records = [r for f in config.data.train for r in read_records(f, strict=False)]
   tok = load_tokenizer(config.tokenizer.path)
   c = _with(config, **{"model.hf_path": ""})
   return _full_stage(c, workdir, "base", lambda: bootstrap.corpus_examples(tok, records, config.data.seq_len),
@@ -141,10 +144,11 @@ def _synthetic(config, workdir: Path) -> list[str]:
   import copy
 
   import gen
-  from hinqa_jax import bootstrap, data
+  from hinqa_jax import bootstrap
+  from hinqa_jax.records import read_records
   from hinqa_jax.tokenizer import load_tokenizer
   gen_cfg = copy.deepcopy(config.gen)
-  records = [r for f in config.data.train for r in data.read_records(f, strict=False)]
+  records = [r for f in config.data.train for r in read_records(f, strict=False)]
   tok = load_tokenizer(config.tokenizer.path)
   with gen_cfg.unlocked():
     gen_cfg.out_dir = str(workdir / "gen")
@@ -159,7 +163,7 @@ def _synthetic(config, workdir: Path) -> list[str]:
                            config.synthetic.teacher_seq_len, config.synthetic.teacher_steps, config.seed + 100 + i)
       gen_cfg.teachers[name] = gen.teacher("jax", hf_dir, temperature=config.synthetic.temperature, seed=i,
                                            max_tokens=config.synthetic.max_tokens, batch_size=8)
-  weights = [file_digest(str(Path(t.model) / "model.safetensors")) for t in gen_cfg.teachers.values()]
+  weights = [weights_digest(t.model) for t in gen_cfg.teachers.values()]
   key = content_hash({"teachers": weights, "gen": portable(plain(gen_cfg), workdir)})
   curated = workdir / "gen" / "curated" / "synthetic.jsonl"
 
@@ -170,6 +174,18 @@ def _synthetic(config, workdir: Path) -> list[str]:
 
   cached(workdir / "gen", key, lambda: distributed.main_only("synthesize", go))
   return [str(curated)]
+
+
+def check_synthetic_files(config) -> None:
+  """A synthetic file that does not exist is a path no stage wrote (`gen curate` writes
+  <out_dir>/curated/synthetic.jsonl; the 8B configs read it under data.gen_dir): an error before any work
+  when an experiment trains on it. An empty one (curation kept nothing) is reported per experiment instead."""
+  r = config.run
+  needed = bool({"m2", "m3"} & set(r.experiments)) or r.per_teacher or bool(r.ratios)
+  missing = [f for f in config.data.synthetic if not Path(f).is_file()]
+  if config.synthetic.source == "files" and needed and missing:
+    raise FileNotFoundError(f"data.synthetic: no file {', '.join(missing)}: run `python -m gen curate` with its "
+                            "out_dir at data.gen_dir (launch/recipe.sh curate) first, or set --config.data.synthetic")
 
 
 def _has_lines(path: str) -> bool:
@@ -190,7 +206,7 @@ def _subsets(config, workdir: Path, synthetic: list[str]) -> dict[str, list[str]
   out.mkdir(parents=True, exist_ok=True)
 
   def write(name: str, lines: list[str]) -> str:
-    return str(distributed.write_atomic(out / f"{name}.jsonl", "".join(line + "\n" for line in lines)))
+    return str(write_atomic(out / f"{name}.jsonl", "".join(line + "\n" for line in lines)))
 
   if config.run.per_teacher:
     for teacher in sorted(set(sources)):
@@ -339,6 +355,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
   workdir = Path(workdir)
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before any work
   distributed.main_only("workdir", lambda: workdir.mkdir(parents=True, exist_ok=True))
+  check_synthetic_files(config)  # before any work: M2/M3 must not find a path no stage wrote
   config = copy.deepcopy(config)
   config.tokenizer.path = _tokenizer(config, workdir)
   config.model.hf_path = _base(config, workdir)
@@ -361,7 +378,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
                            "train.stage": st["name"], "seed": st["seed"]})
       prev = stage_keys.get(st["init_from"]) if st["init_from"] else None
       key = stage_key(c, {"files": {f: file_digest(f) for f in st["files"]}, "after": prev,
-                          "base": file_digest(str(Path(config.model.hf_path) / "model.safetensors"))}, workdir)
+                          "base": weights_digest(config.model.hf_path)}, workdir)
       init = str(validation.selected_checkpoints(workdir / st["init_from"])) if st["init_from"] else None
       cached(workdir / st["name"], key, lambda c=c, st=st, init=init: train(
           c, workdir, stage=st["name"], files=tuple(st["files"]), init_from=init))

@@ -347,7 +347,8 @@ def report(p: dict) -> str:
               f"  step >= {est['step_s'] * 1e3:.0f} ms ({est['bound']}-bound), <= {est['tokens_per_s']:,.0f} tokens/s,"
               f" MFU <= {100 * est['mfu']:.0f}%"]
   if p["fit"]["fits"] is False:
-    lines.append("  to fit: shard the weights (--config.mesh.fsdp), --config.model.remat=full, or fewer rows per "
-                 "step (--config.train.grad_accum)")
+    remat = "" if m["remat"] == "full" else " --config.model.remat=full,"  # advise only what is not set
+    lines.append(f"  to fit: shard the weights (--config.mesh.fsdp),{remat} or fewer rows per step "
+                 "(--config.train.grad_accum)")
   lines += ["", *(eval_report(e, tg) for e in p.get("eval", []))]
   return "\n".join(lines)

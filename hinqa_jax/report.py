@@ -92,52 +92,87 @@ def results_markdown(results: dict, provenance: dict, comparisons: dict | None =
   return "\n".join(lines)
 
 
-def loss_plot(stage_dirs: dict[str, str | os.PathLike], path: str | os.PathLike) -> bool:
-  """Training loss of every stage against its step; False when matplotlib or metrics are missing."""
+def _pyplot():
+  """matplotlib's pyplot on the file-only Agg backend, or None where matplotlib is missing."""
   try:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
   except ImportError:
+    return None
+  return plt
+
+
+def _save(fig, path: str | os.PathLike) -> bool:
+  if fig is None:
     return False
-  fig, ax = plt.subplots(figsize=(8, 4.5))
-  drawn = 0
-  for name, d in stage_dirs.items():
-    m = read_metrics(d)
-    if m:
+  import matplotlib.pyplot as plt
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def loss_plot(stage_dirs: dict[str, str | os.PathLike], path: str | os.PathLike) -> bool:
+  """loss_figure saved at path; False when there is nothing to draw or no matplotlib."""
+  return _save(loss_figure(stage_dirs), path)
+
+
+def metrics_plot(results: dict, path: str | os.PathLike) -> bool:
+  """metrics_figure saved at path; False when there is nothing to draw or no matplotlib."""
+  return _save(metrics_figure(results), path)
+
+
+def loss_figure(stage_dirs: dict[str, str | os.PathLike]):
+  """Loss against step, two panels: the LoRA stages (M1, M2, ...: train solid, val dashed, both the mean NLL of
+  the answer tokens, computed by one function on rows packed alike) and the full-weight stages (a pretrained
+  base, small teachers: each on its own task's tokens, not comparable with the answer loss). A full-weight
+  stage is one that exported its weights as HF (<stage>/hf/config.json). None when nothing can be drawn."""
+  plt = _pyplot()
+  runs = {name: read_metrics(d) for name, d in stage_dirs.items()}
+  runs = {name: m for name, m in runs.items() if m}
+  if plt is None or not runs:
+    return None
+  full = {name for name in runs if (Path(stage_dirs[name]) / "hf" / "config.json").is_file()}
+  panels = [(names, title) for names, title in (
+      ([n for n in runs if n not in full], "LoRA stages: loss on answer tokens (solid: train, dashed: val split)"),
+      ([n for n in runs if n in full], "full-weight stages: loss on each one's own training tokens")) if names]
+  fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+  for ax, (names, title) in zip(axes[0], panels):
+    for name in names:
+      m = runs[name]
       line, = ax.plot([r["step"] for r in m], [r["loss"] for r in m], label=name)
       val = [r for r in m if "val_loss" in r]
       if val:  # same colour, dashed, markers: the stage's loss on the val split
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "--o", color=line.get_color(),
                 markersize=3, label=f"{name} (val)")
-      drawn += 1
-  ax.set_xlabel("step")
-  ax.set_ylabel("loss on answer tokens (solid: train, dashed: val)")
-  ax.set_yscale("log")
-  if drawn:
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("optimizer step of the stage")
+    ax.set_ylabel("mean next-token NLL (nats, log scale)")
+    ax.set_yscale("log")
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return drawn > 0
+  return fig
 
 
-def metrics_plot(results: dict, path: str | os.PathLike, metrics: tuple[str, ...] = ("bleu2", "rougeL", "qa_f1")) -> bool:
-  """Grouped bars: one panel per metric, splits on the x axis, one bar per experiment, 95% CI error bars."""
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-  except ImportError:
-    return False
+def plotted_metrics(results: dict) -> list[str]:
+  """The headline metrics that some experiment has a score for, in HEADLINE's order."""
+  return [m for m in HEADLINE if any(isinstance(s.get(m), (int, float)) for e in results.values() for s in e.values())]
+
+
+def metrics_figure(results: dict):
+  """Grouped bars, one panel per scored metric: splits on the x axis, one bar per experiment, 95% CI error bars."""
+  plt = _pyplot()
   exps = list(results)
   splits = [s for s in ("val", "test1", "test2") if any(s in results[e] for e in exps)]
-  if not exps or not splits:
-    return False
-  fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 4), squeeze=False)
+  metrics = plotted_metrics(results)
+  if plt is None or not exps or not splits or not metrics:
+    return None
+  import numpy as np
+  cols = min(4, len(metrics))
+  rows = -(-len(metrics) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows + 0.6), squeeze=False)
   width = 0.8 / len(exps)
-  for ax, metric in zip(axes[0], metrics):
+  for ax, metric in zip(axes.flat, metrics):
     for i, exp in enumerate(exps):
       cells = [results[exp].get(s, {}) for s in splits]
       vals = np.array([c.get(metric) or 0.0 for c in cells])
@@ -147,22 +182,44 @@ def metrics_plot(results: dict, path: str | os.PathLike, metrics: tuple[str, ...
       ax.bar(np.arange(len(splits)) + i * width, vals, width, yerr=yerr, capsize=2, label=exp)
     ax.set_xticks(np.arange(len(splits)) + width * (len(exps) - 1) / 2, splits)
     ax.set_title(metric)
+    ax.set_xlabel("split")
+    ax.set_ylabel("score (0-100)")
+  for ax in list(axes.flat)[len(metrics):]:
+    ax.axis("off")
   axes[0][0].legend(fontsize=8)
+  fig.suptitle("bars: score of each experiment; error bars: 95% bootstrap confidence interval over the split's "
+               "examples", fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return True
+  return fig
+
+
+def scores_to_tensorboard(results: dict, workdir: Path) -> list[str]:
+  """Every experiment's scores as TensorBoard scalars `<split>/<metric>` (and `<split>/<metric>_ci_lo|hi`) under
+  WORKDIR/tb/eval/<experiment>, beside the stages' training curves (`tensorboard --logdir WORKDIR`)."""
+  from tensorboardX import SummaryWriter
+  written = []
+  for exp, per_split in results.items():
+    tb_dir = workdir / "tb" / "eval" / exp
+    writer = SummaryWriter(str(tb_dir))
+    for split, s in per_split.items():
+      for metric in HEADLINE:
+        if isinstance(s.get(metric), (int, float)):
+          writer.add_scalar(f"{split}/{metric}", s[metric], 0)
+          for bound, v in zip(("lo", "hi"), s.get("ci", {}).get(metric, ())):
+            writer.add_scalar(f"{split}/{metric}_ci_{bound}", v, 0)
+    writer.close()
+    written.append(str(tb_dir))
+  return written
 
 
 def write_report(workdir: str | os.PathLike, results: dict, provenance: dict, stage_dirs: dict[str, str],
                  comparisons: dict | None = None) -> dict:
+  from hinqa_jax.files import write_atomic
   workdir = Path(workdir)
   payload = {"results": results, "comparisons": comparisons or {}, "provenance": provenance}
-  for name, text in (("results.json", json.dumps(payload, indent=2, ensure_ascii=False)),
-                     ("results.md", results_markdown(results, provenance, comparisons))):
-    tmp = workdir / (name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, workdir / name)
+  write_atomic(workdir / "results.json", json.dumps(payload, indent=2, ensure_ascii=False))
+  write_atomic(workdir / "results.md", results_markdown(results, provenance, comparisons))
   plots = {"loss.png": loss_plot(stage_dirs, workdir / "loss.png"),
            "metrics.png": metrics_plot(results, workdir / "metrics.png")}
-  return {"results_md": str(workdir / "results.md"), "plots": [k for k, ok in plots.items() if ok]}
+  return {"results_md": str(workdir / "results.md"), "plots": [k for k, ok in plots.items() if ok],
+          "tensorboard": scores_to_tensorboard(results, workdir)}

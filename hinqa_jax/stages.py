@@ -8,10 +8,12 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from hinqa_jax import distributed
+from hinqa_jax.files import file_digest, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,19 @@ def plain(config) -> dict:
   return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
 
 
-def file_digest(path: str) -> str:
-  """16 hex digits of the sha256 of a file's bytes, or "missing"."""
-  p = Path(path)
-  return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else "missing"
+WEIGHT_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json")
+
+
+def weights_digest(model_dir: str | os.PathLike | None) -> str:
+  """What a model directory's weights are: the digest of config.json, every safetensors shard and the
+  index (Llama-3.1-8B's model-0000N-of-0000M files as much as one model.safetensors). "" for no directory."""
+  if not model_dir:
+    return ""
+  d = Path(model_dir)
+  files = sorted({f for pattern in WEIGHT_FILES for f in d.glob(pattern) if f.is_file()})
+  if not files:
+    raise FileNotFoundError(f"{d}: no config.json or *.safetensors to key the weights on")
+  return content_hash({f.name: file_digest(f) for f in files})
 
 
 def stage_key(config, extra: dict, workdir: str | os.PathLike) -> str:
@@ -64,11 +75,10 @@ def cached(stage_dir: Path, key: str, fn) -> dict:
     if done.exists() and json.loads(done.read_text())["key"] == key:
       return json.loads(done.read_text())
     if started.exists() and started.read_text() != key:
-      import shutil
       log.info("%s: config changed, re-running", stage_dir.name)
       shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    distributed.write_atomic(started, key)
+    write_atomic(started, key)
     return None
 
   finished = distributed.main_only(f"begin {stage_dir.name}", begin)
@@ -76,6 +86,6 @@ def cached(stage_dir: Path, key: str, fn) -> dict:
     log.info("%s: up to date, skipped", stage_dir.name)
     return finished["result"]
   result = fn()
-  distributed.main_only(f"done {stage_dir.name}", lambda: distributed.write_atomic(
+  distributed.main_only(f"done {stage_dir.name}", lambda: write_atomic(
       done, json.dumps({"key": key, "result": result}, indent=2, default=str)))
   return result

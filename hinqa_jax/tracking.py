@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
+
+from hinqa_jax.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,11 @@ def _parse(path: Path) -> list[dict]:
 
 
 class MetricsWriter:
-  """Appends {"step": n, ...} lines; on resume at step k, first drops lines after k (an interrupted run's)."""
+  """Appends {"step": n, ...} lines; on resume at step k, first drops lines after k (an interrupted run's).
+
+  TensorBoard events are written in the caller's thread, flushed with each line, never queued for a
+  background thread: a full disk or a lost mount is an OSError naming the file at the step that failed,
+  not a writer thread dying quietly while the training loop blocks on its full queue."""
 
   def __init__(self, stage_dir: str | os.PathLike, resume_step: int = 0, enabled: bool = True):
     self.path = Path(stage_dir) / "metrics.jsonl"
@@ -38,30 +45,39 @@ class MetricsWriter:
       return
     if self.path.exists():
       kept = [r for r in _parse(self.path) if r["step"] <= resume_step]
-      tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-      tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-      os.replace(tmp, self.path)
+      write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
     try:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(Path(stage_dir) / "tb"))
+      from tensorboardX.event_file_writer import EventsWriter
     except ImportError:  # TensorBoard files are a convenience; metrics.jsonl is the record
-      self._tb = None
+      return
+    tb_dir = Path(stage_dir) / "tb"
+    tb_dir.mkdir(parents=True, exist_ok=True)
+    self._tb = EventsWriter(str(tb_dir / "events"))
 
-  def write(self, step: int, metrics: dict) -> None:
+  def write(self, step: int, metrics: dict, prefix: str = "train") -> None:
     if not self.enabled:
       return
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in metrics.items()}}) + "\n")
-      f.flush()
-    if self._tb is not None:
-      for k, v in metrics.items():
-        self._tb.add_scalar(f"train/{k}", float(v), step)
+    line = json.dumps({"step": int(step), **{k: float(v) for k, v in metrics.items()}}) + "\n"
+    try:
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(line)
+      if self._tb is not None:
+        self._tb_write(step, {f"{prefix}/{k}": float(v) for k, v in metrics.items()})
+    except OSError as err:
+      raise OSError(err.errno, f"cannot write the metrics of step {step} to {self.path.parent} ({err.strerror or err}); "
+                               "the stage's last checkpoint is intact: free space and run again to resume") from err
+
+  def _tb_write(self, step: int, scalars: dict[str, float]) -> None:
+    from tensorboardX import summary
+    from tensorboardX.proto import event_pb2
+    for tag, value in scalars.items():
+      self._tb.write_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary.scalar(tag, value)))
+    self._tb.flush()
 
   def close(self) -> None:
     if self._tb is not None:
-      self._tb.flush()
-      self._tb.close()
-      self._tb = None
+      tb, self._tb = self._tb, None
+      tb.close()
 
 
 def read_metrics(stage_dir: str | os.PathLike) -> list[dict]:

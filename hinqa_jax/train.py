@@ -9,13 +9,16 @@ lines after step k (written by the interrupted run after its last checkpoint) ar
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import os
 import signal
+import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hinqa_jax import checkpoint, hf, lora, loss, model, sharding, validation
+from hinqa_jax import checkpoint, hf, locks, lora, loss, model, sharding, validation
 from hinqa_jax.tracking import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -94,16 +97,27 @@ def loss_sums(trainable, frozen, batch, rng, *, cfg, lcfg, mode, act_sharding=No
   return loss.next_token_nll(cfg, params, x_btd, batch["tokens"], w, loss_cap=loss_cap), jnp.sum(w)  # no [B,T,V] logits
 
 
+def rng_stream(seed: int, stage: str, purpose: str) -> jax.Array:
+  """The key of one random stream. Streams are independent per (seed, stage, purpose): a stage's LoRA init
+  ("lora_init") and its dropout ("dropout", then folded with the step and the micro-batch) never share a
+  key, and neither do two stages (M1's dropout is not M2's). A random base (no hf_path) is key(seed)."""
+  key = jax.random.key(seed)
+  for part in (stage, purpose):
+    key = jax.random.fold_in(key, zlib.crc32(part.encode()) & 0x7FFFFFFF)
+  return key
+
+
 def make_step(cfg, lcfg, mode: str, optimizer, schedule, grad_accum: int, seed: int, mesh=None,
-              loss_cap: int | None = None):
+              loss_cap: int | None = None, stage: str = "train"):
   """The pure train step (state, frozen, batch) -> (state, metrics); jit it with shardings and donation.
 
-  loss_cap: no row of any batch has more loss tokens (see loss_sums); None: the head runs everywhere."""
+  loss_cap: no row of any batch has more loss tokens (see loss_sums); None: the head runs everywhere.
+  Dropout at step n, micro-batch i: rng_stream(seed, stage, "dropout") folded with n, then i."""
   act = sharding.activation_sharding(mesh) if mesh is not None else None
   micro_spec = NamedSharding(mesh, P(None, sharding.BATCH_AXES, None)) if mesh is not None else None
 
   def step(state, frozen, batch):
-    base_rng = jax.random.fold_in(jax.random.key(seed), state["step"])
+    base_rng = jax.random.fold_in(rng_stream(seed, stage, "dropout"), state["step"])
 
     def split(x):  # [B, T] -> [A, B/A, T]; row r goes to micro-batch r % A, so each stays spread over devices
       x = jnp.swapaxes(x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]), 0, 1)
@@ -144,11 +158,13 @@ def fresh_state_fn(cfg, lcfg, mode: str, optimizer):
   return fresh_state
 
 
-def jit_step(config, cfg, lcfg, mode: str, mesh, state_sh, frozen_sh, optimizer, schedule, loss_cap: int | None = None):
+def jit_step(config, cfg, lcfg, mode: str, mesh, state_sh, frozen_sh, optimizer, schedule, loss_cap: int | None = None,
+             stage: str | None = None):
   """The jitted step a stage runs (and `plan` compiles): state donated, the base frozen and sharded (LoRA),
   batch rows over the mesh's batch axes."""
   batch_sh = sharding.batch_sharding(mesh)
-  step = make_step(cfg, lcfg, mode, optimizer, schedule, config.train.grad_accum, config.seed, mesh, loss_cap)
+  step = make_step(cfg, lcfg, mode, optimizer, schedule, config.train.grad_accum, config.seed, mesh, loss_cap,
+                   stage or config.train.stage)
   return jax.jit(step, in_shardings=(state_sh, frozen_sh if mode == "lora" else None,
                                      {k: batch_sh for k in BATCH_KEYS}),
                  out_shardings=(state_sh, None), donate_argnums=(0,))
@@ -201,44 +217,73 @@ def meta_of(config, cfg, lcfg, mode: str) -> dict:
 
 # ----------------------------------------------------------------------------- the stage
 class _Preempted:
-  """SIGTERM sets a flag; the loop saves a checkpoint at the next step boundary and exits."""
+  """A preemption notice (SIGTERM) makes the loop save a checkpoint at the next step boundary and exit 143.
 
-  def __init__(self):
+  One process: a SIGTERM handler sets a flag the loop reads each step. If the loop does not reach a step
+  boundary within `grace_s` (blocked in I/O, in a compile), the process exits 143 anyway; a second SIGTERM
+  exits at once. Several processes: JAX's preemption service (started by jax.distributed.initialize) takes
+  SIGTERM on any host and agrees a sync step with the others in the background; `reached(n)` is a local
+  read of that agreement, so no host-level collective runs per step and every host saves the same step.
+  """
+
+  def __init__(self, grace_s: float):
+    self.grace_s = grace_s
     self.flag = False
     self._old = None
+    self._timer = None
 
   def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no preemption handling
-      self._old = None
+    if jax.process_count() == 1:
+      try:
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread: no preemption handling
+        self._old = None
     return self
 
   def _handle(self, *_):
+    if self.flag:  # a second notice: stop now
+      os._exit(143)
     self.flag = True
 
-  def __exit__(self, *exc):
+    def too_late():
+      log.error("SIGTERM: no step boundary within %.0f s (checkpoint.preempt_grace_s); exiting without a "
+                "checkpoint, the last saved one stands", self.grace_s)
+      logging.shutdown()
+      os._exit(143)
+    self._timer = threading.Timer(self.grace_s, too_late)
+    self._timer.daemon = True
+    self._timer.start()
+
+  def __exit__(self, *exc):  # the loop got out (saved and raised SystemExit, or failed): no forced exit
+    if self._timer is not None:
+      self._timer.cancel()
     if self._old is not None:
       signal.signal(signal.SIGTERM, self._old)
 
-  def any_process(self) -> bool:
+  def reached(self, step: int) -> bool:
     if jax.process_count() == 1:
       return self.flag
     from jax.experimental import multihost_utils
-    return bool(np.any(multihost_utils.process_allgather(np.array(self.flag))))
+    return multihost_utils.reached_preemption_sync_point(step)
 
 
-def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_from: str | None = None,
-              mode: str = "lora", mesh=None, vocab_size: int | None = None, progress: bool = True,
-              val_dataset=None) -> dict:
+def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, **kwargs) -> dict:
   """Train `config.train.num_steps` steps of one stage; resumes from WORKDIR/<stage>/checkpoints if present.
 
   dataset: a packing.PackedDataset (rows of config.data.seq_len tokens).
   init_from: another stage's checkpoint dir whose trainable tree starts this stage (M2 from M1).
   val_dataset: packed val rows; with train.eval_every_steps > 0 their loss is logged as val_loss.
+  Process 0 holds the stage directory's lock (locks.hold) throughout: a second job on it is refused.
   """
-  t = config.train
   stage_dir = Path(workdir) / stage
+  lock = locks.hold(stage_dir, f"train {stage}") if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    return _run_stage(config, stage_dir, stage, dataset, **kwargs)
+
+
+def _run_stage(config, stage_dir: Path, stage: str, dataset, *, init_from: str | None = None, mode: str = "lora",
+               mesh=None, vocab_size: int | None = None, progress: bool = True, val_dataset=None) -> dict:
+  t = config.train
   stage_dir.mkdir(parents=True, exist_ok=True)
   mesh = mesh or sharding.make_mesh(dict(config.mesh))
   check_batch(config, mesh)
@@ -255,18 +300,17 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
   shardings = state_shardings(abstract, mesh)
   init_state = jax.jit(fresh_state, out_shardings=shardings)
   mngr = checkpoint.manager(stage_dir / "checkpoints", keep=config.checkpoint.keep)
-  if mngr.latest_step() is not None:
-    checkpoint.check_compatible(checkpoint.read_meta(mngr), meta, str(mngr.directory))
-    state, _ = checkpoint.restore(mngr, sharding.like_tree(abstract, shardings))
+  if mngr.all_steps():  # the newest intact step (damaged newer ones are set aside, with a warning)
+    state, _ = checkpoint.restore(mngr, sharding.like_tree(abstract, shardings), expected_meta=meta, what=stage)
     log.info("%s: resumed at step %d", stage, int(state["step"]))
   else:
-    state = init_state(jax.random.fold_in(jax.random.key(config.seed), 1), frozen)
+    state = init_state(rng_stream(config.seed, stage, "lora_init"), frozen)
     if init_from:  # M2: stage 2 starts from stage 1's final adapters (same shapes, restored sharded)
       prev_mngr = checkpoint.manager(init_from)
       if prev_mngr.latest_step() is None:
         raise FileNotFoundError(f"{stage}: no checkpoint in {init_from} to start from")
-      checkpoint.check_compatible(checkpoint.read_meta(prev_mngr), meta, init_from)
-      prev, _ = checkpoint.restore(prev_mngr, sharding.like_tree(abstract, shardings))
+      prev, _ = checkpoint.restore(prev_mngr, sharding.like_tree(abstract, shardings), expected_meta=meta,
+                                   what=f"{stage} from {init_from}")
       prev_mngr.close()
       state["trainable"] = prev["trainable"]
       if not t.reset_optimizer:
@@ -281,7 +325,7 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
   # Data packed before the cap existed (or rows not from the packer): the head runs everywhere.
   loss_cap = getattr(dataset, "manifest", {}).get("loss_cap")
   step_fn = jit_step(config, cfg, lcfg, mode, mesh, shardings, sharding.tree_shardings(frozen, mesh), optimizer,
-                     schedule, loss_cap)
+                     schedule, loss_cap, stage)
 
   batch_shape = (t.batch_size, dataset.seq_len)
   rows = process_rows(batch_sharding, batch_shape)
@@ -326,7 +370,7 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
     bar.set_postfix(loss=f"{m['loss']:.4f}")
     last, pending = {"step": n, **m}, None
 
-  with _Preempted() as preempt:
+  with _Preempted(config.checkpoint.preempt_grace_s) as preempt:
     for step in range(start, t.num_steps):
       state, metrics = step_fn(state, frozen_arg, global_batch(step))  # dispatch step N ...
       flush()  # ... before reading step N-1's metrics
@@ -334,7 +378,7 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, *, init_f
         metrics = {**metrics, **validator.step(step + 1, state, frozen_arg, meta)}
       pending = (step + 1, metrics)
       n = step + 1
-      stop = preempt.any_process()
+      stop = preempt.reached(n)
       if n % config.checkpoint.every_steps == 0 or n == t.num_steps or stop:
         flush()
         checkpoint.save(mngr, n, state, meta)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hinqa_jax import metrics
+from hinqa_jax import significance
 
 CI_METRICS = ("bleu1", "bleu2", "bleu4", "chrf_pp", "rougeL", "qa_f1", "exact_match")
 COMPARE_METRICS = ("bleu2", "chrf_pp", "rougeL", "qa_f1", "exact_match")
@@ -84,7 +84,7 @@ def summarize(workdir: str | os.PathLike, runs: dict[str, dict], run_results: di
       got = [_predictions(Path(workdir) / "eval" / n, split) for n in names]
       if all(g is not None and g[0] for g in got):
         preds[exp, split] = ([g[0] for g in got], got[0][1])
-        cis = metrics.confidence_intervals(preds[exp, split][0], got[0][1], metrics=CI_METRICS + extra, **kw)
+        cis = significance.confidence_intervals(preds[exp, split][0], got[0][1], metrics=CI_METRICS + extra, **kw)
         cell["ci"] = {k: v["ci"] for k, v in cis.items()}
       results[exp][split] = cell
   comparisons = {}
@@ -92,12 +92,12 @@ def summarize(workdir: str | os.PathLike, runs: dict[str, dict], run_results: di
     rows = []
     for a, b in comparison_pairs(list(by_exp)):
       if (a, split) in preds and (b, split) in preds:
-        diff = metrics.compare(preds[a, split][0], preds[b, split][0], preds[a, split][1],
+        diff = significance.compare(preds[a, split][0], preds[b, split][0], preds[a, split][1],
                                metrics=COMPARE_METRICS + extra, n_trials=eval_cfg.n_trials, **kw)
         rows.append({"a": a, "b": b, "metrics": {
             k: {key: v[key] for key in ("delta", "ci", "p")} for k, v in diff.items()}})
     tests = [m for row in rows for m in row["metrics"].values()]
-    for m, p_holm in zip(tests, metrics.holm([m["p"] for m in tests])):
+    for m, p_holm in zip(tests, significance.holm([m["p"] for m in tests])):
       m["p_holm"], m["significant"] = p_holm, p_holm <= ALPHA
     comparisons[split] = rows
   return {"results": results, "comparisons": comparisons}

@@ -6,6 +6,8 @@
 #     launch/tpu_pod.sh --create train --config=configs/tiny.py --workdir=/mnt/hinqa/runs/m1 \
 #       --config.model.hf_path=/mnt/hinqa/Llama-3.1-8B --config.mesh.data=1 --config.mesh.fsdp=-1
 #   launch/tpu_pod.sh --no-setup evaluate --config=... --workdir=/mnt/hinqa/runs/m1   # pod already set up
+#   HINQA="launch/tpu_pod.sh --no-setup" WORK=/mnt/hinqa/runs/vatika_8b VATIKA=/mnt/hinqa/vatika \
+#     MODELS=/mnt/hinqa/models launch/recipe.sh run      # the real experiment's run (launch/recipe.sh)
 #   gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone "$ZONE"                      # when done
 #
 # Steps: (1) with --create, create the pod slice; (2) copy this checkout to every worker (a tarball

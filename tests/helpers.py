@@ -1,6 +1,8 @@
 """Tiny random Hugging Face LLaMAs, built in a temp dir (no network), for parity tests."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -29,6 +31,73 @@ def tiny_hf_model(path, seed: int = 0, **kw) -> LlamaForCausalLM:
         p.copy_(1.0 + 0.1 * torch.randn_like(p))
   m.save_pretrained(path)
   return m
+
+
+def tiny_bert(path, model_max_length: int | None = 128) -> str:
+  """A random 2-layer BERT (hidden 32, Devanagari word pieces, cased as mBERT) with its tokenizer at `path`;
+  model_max_length=None saves the tokenizer without it (as mBERT's hub files, which then load as 1e30)."""
+  import unicodedata
+  from pathlib import Path
+
+  from transformers import BertConfig, BertModel, BertTokenizer
+  root = Path(path)
+  root.mkdir(parents=True, exist_ok=True)
+  chars = [chr(c) for c in range(0x0900, 0x0980) if unicodedata.category(chr(c)) != "Cn"]
+  chars += list("0123456789.,?!-")
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]
+  (root / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+  torch.manual_seed(0)
+  cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=64, max_position_embeddings=128)
+  BertModel(cfg).save_pretrained(root)
+  extra = {} if model_max_length is None else {"model_max_length": model_max_length}
+  # Cased, as mBERT: lowercasing would strip accents, i.e. every matra (category Mn).
+  tok = BertTokenizer(str(root / "vocab.txt"), do_lower_case=False, **extra)
+  assert tok.tokenize("है।") == ["ह", "##ै", "।"]
+  tok.save_pretrained(root)
+  return str(root)
+
+
+@contextlib.contextmanager
+def transformers_serve(log_path, model_dir=None):
+  """`transformers serve` on 127.0.0.1 (offline, CPU, float32), its /v1 URL yielded once /health answers.
+  model_dir: the one model it serves; None: it loads each request's model from that path."""
+  import os
+  import socket
+  import subprocess
+  import sys
+  import time
+  import urllib.request
+  from pathlib import Path
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+  model = [] if model_dir is None else [str(model_dir)]
+  log = open(log_path, "w")
+  proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", *model,
+                           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"],
+                          stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+  try:
+    deadline = time.monotonic() + 90
+    while True:
+      try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+        break
+      except OSError:
+        if proc.poll() is not None or time.monotonic() > deadline:
+          log.flush()
+          raise RuntimeError("transformers serve did not come up:\n" + Path(log_path).read_text()[-3000:])
+        time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}/v1"
+  finally:
+    proc.terminate()
+    try:
+      proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+    log.close()
 
 
 def hf_logits(m, tokens: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:

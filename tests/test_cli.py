@@ -82,3 +82,81 @@ def test_bad_config_values_stop_before_any_work(tmp_path):
                "--config.model.dtype='float64' must be float32 or bfloat16"):
     assert part in out.stderr, out.stderr[-2000:]
   assert not w.exists()
+
+
+def _quick(*args):
+  return subprocess.run([sys.executable, "-m", "hinqa_jax", *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def _declared_comment(key: str) -> str:
+  """The trailing comment of `c.<key> = ...` in hinqa_jax/config.py's source, read here independently."""
+  import re
+  source = open(os.path.join(REPO, "hinqa_jax", "config.py"), encoding="utf-8").read()
+  return re.search(rf"^\s*c\.{re.escape(key)} = .*?#\s*(.+)$", source, re.M).group(1).strip()
+
+
+@pytest.mark.parametrize("command,reads,not_reads", [
+    ("run", ("train.num_steps", "eval.bertscore_model", "run.ratios", "data.root"), ()),
+    ("train", ("train.num_steps", "lora.rank", "data.root"), ("eval.", "run.")),
+    ("evaluate", ("eval.bertscore_model", "data.test2"), ("train.", "run.")),
+    ("export", ("model.hf_path", "tokenizer.path"), ("eval.", "train.")),
+    ("prepare", ("data.seq_len", "tokenizer.path"), ("lora.", "eval.")),
+    ("convert", ("model.param_dtype",), ("data.", "eval.")),
+    ("plan", ("train.batch_size", "eval.max_new_tokens", "mesh.fsdp"), ("run.", "checkpoint.")),
+])
+def test_each_command_help_lists_the_config_keys_it_reads(command, reads, not_reads):
+  out = _quick(command, "--help", "--config=configs/vatika_llama3_8b_all.py")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.startswith(f"python -m hinqa_jax {command} ")
+  from hinqa_jax import config as config_lib
+  c = config_lib.load(os.path.join(REPO, "configs", "vatika_llama3_8b_all.py"))
+  for key in reads:  # the value the config file sets, then the comment that declares the key
+    section, leaf = key.split(".")
+    assert f"  --config.{key}={c[section][leaf]!r}\n" in out.stdout, key
+    comment = "directory of the VATIKA files" if key == "data.root" else _declared_comment(key)
+    assert comment in out.stdout.split(f"--config.{key}=", 1)[1].split("\n")[1], key
+  assert not [line for line in out.stdout.splitlines() if any(f"--config.{p}" in line for p in not_reads)]
+
+
+@pytest.mark.parametrize("args,message", [
+    (("plan", "--config=configs/tiny.py", "--target=cpu-1", "--config.device_memory=16"),
+     "--config.device_memory: no such config key"),
+    (("plan", "--config=configs/tiny.py", "--target=cpu-1", "--device_memory=16"), "Unknown command line flag"),
+    (("train", "--config=configs/nope.py", "--workdir=/tmp/x"), "--config=configs/nope.py: no such file"),
+    (("train", "--config=configs/tiny.py", "--workdir=/tmp/x", "--config.train.batch_size=abc"), "batch_size=abc"),
+    (("plan", "--config=configs/tiny.py"), "plan needs --target=NAME"),
+    (("evaluate", "--config=configs/tiny.py"), "--workdir is required"),
+])
+def test_bad_flags_are_one_line_errors_before_any_work(args, message):
+  out = _quick(*args)
+  lines = [line for line in out.stderr.splitlines() if line.strip()]
+  assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr[-2000:]
+
+
+def test_a_bertscore_layer_the_model_lacks_is_refused_before_any_work(tmp_path):
+  from helpers import tiny_bert
+  bert = tiny_bert(tmp_path / "bert")  # 2 layers; the default layer is 9 (mBERT's best for Hindi)
+  out = _quick("run", "--config=configs/tiny.py", f"--workdir={tmp_path / 'w'}", f"--config.eval.bertscore_model={bert}")
+  assert out.returncode == 2 and "--config.eval.bertscore_layer=9 must be <= 2" in out.stderr, out.stderr[-2000:]
+  assert not (tmp_path / "w").exists()
+
+
+def test_gen_commands_explain_themselves_and_fail_in_one_line():
+  def gen(*args):
+    return subprocess.run([sys.executable, "-m", "gen", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+  out = gen("synthesize", "--help", "--config=configs/gen/llama70b_phi4_vllm.py")
+  assert out.returncode == 0 and out.stdout.startswith("python -m gen synthesize "), out.stderr[-2000:]
+  assert "  --shard: " in out.stdout and "--config.curate." not in out.stdout  # synthesize's own keys only
+  # a teacher's key, declared inside gen.teacher(); the shared VATIKA root, declared in hinqa_jax.config
+  assert "  --config.teachers.phi4.model='/models/phi-4'\n      local checkpoint dir" in out.stdout
+  assert "  --config.data.root='/data/vatika'\n      directory of the VATIKA files" in out.stdout
+  out = gen("curate", "--help")
+  assert out.returncode == 0 and "--config.curate.grounding_threshold=0.5" in out.stdout and "--shard" not in out.stdout
+  for args, message in ((("curate", "--config=configs/gen/llama70b_phi4_vllm.py", "--config.curate.nope=1"),
+                         "--config.curate.nope: no such config key"),
+                        (("synthesize", "--config=configs/gen/llama70b_phi4_vllm.py", "--dry-run"),
+                         "--dry-run applies to curate only")):
+    out = gen(*args)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr[-2000:]

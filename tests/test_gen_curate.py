@@ -7,6 +7,7 @@ import gen
 from gen.curate import curate_records
 from gen import faithful, text
 from gen.synthesize import context_id
+from hinqa_jax.records import devanagari_ratio
 
 CTX = ("दशाश्वमेध घाट पर गंगा आरती हर शाम सूर्यास्त के बाद होती है। आरती लगभग पैंतालीस मिनट तक चलती है। "
        "इसमें सात पुजारी बड़े दीपकों के साथ भाग लेते हैं। आरती देखने के लिए नाव से भी जाया जा सकता है।")
@@ -53,7 +54,7 @@ def test_text_keys_ignore_matras_punctuation_and_word_order():
   assert text.loose_key("कितने पुजारी आरती में भाग लेते हैं।") == base  # word order
   assert text.loose_key("क़िला कहाँ है") == text.loose_key("किला कहा है")  # nukta, anusvara
   assert text.loose_key("घाट पर नाव कब मिलती है?") != base
-  assert text.devanagari_ratio("गंगा आरती") == 1.0 and text.devanagari_ratio("Ganga आरती") < 0.6
+  assert devanagari_ratio("गंगा आरती") == 1.0 and devanagari_ratio("Ganga आरती") < 0.6
   assert text.split_sentences("एक। दो? तीन! 4.5 किमी") == ["एक", "दो", "तीन", "4.5 किमी"]
 
 
@@ -72,7 +73,7 @@ def test_grounding_keeps_supported_and_drops_invented_answers():
              rec("a-made-up", "A", "आरती में कौन से वाद्य बजते हैं?", "आरती में विदेशी संगीतकार ढोल और गिटार बजाते हैं।")]
   kept, reasons, _ = run(records)
   assert kept == {"a-keep", "a-boat"}
-  assert reasons == {"a-made-up": "ungrounded"}
+  assert reasons == {"a-made-up": "unsupported_entity"}  # संगीतकार, ढोल, गिटार: uncommon words the context lacks
   assert faithful.grounding_score(GOOD["answer"], CTX) > 0.6 > faithful.grounding_score(records[2]["answer"], CTX)
 
 
@@ -104,7 +105,7 @@ def test_same_frame_different_interrogative_is_not_a_duplicate():
 def test_duplicates_of_original_data_and_across_contexts():
   records = [rec("a-orig", "A", "गंगा आरती कहाँ होती है", "गंगा आरती दशाश्वमेध घाट पर होती है"),
              rec("b-orig-near", "B", "गंगा आरती कहां होति है?", "दशाश्वमेध घाट पर गंगा आरती होती है।"),
-             rec("b-orig-conflict", "B", "गंगा आरती कहा होती है?", "गंगा आरती अस्सी घाट पर होती है।"),
+             rec("b-orig-conflict", "B", "गंगा आरती कहा होती है?", "गंगा आरती नाव पर होती है।"),
              GOOD, rec("z-other-ctx", "Z", GOOD["question"], GOOD["answer"], ctx=CTX + " नया वाक्य।")]
   kept, reasons, _ = run(records)
   assert kept == {"a-keep"}
@@ -220,7 +221,7 @@ def test_curate_merges_shards_writes_outputs_and_is_deterministic(tmp_path):
   first = {f: (out / f).read_bytes() for f in ("synthetic.jsonl", "rejected.jsonl", "report.json", "report.md")}
   gen.curate(c, originals=ORIGINALS, heldout=HELDOUT)
   assert first == {f: (out / f).read_bytes() for f in first}
-  assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+  assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
 
 
 def test_bad_teacher_file_names_file_and_line(tmp_path):

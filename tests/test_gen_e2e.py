@@ -84,7 +84,8 @@ def make_config(tmp_path, model_dir, out):
 
 
 def test_synthesize_with_jax_engine_then_curate_and_read_back(tmp_path):
-  from hinqa_jax import data, hf, tokenizer
+  from hinqa_jax import hf, tokenizer
+  from hinqa_jax.records import read_records
 
   model_dir = tmp_path / "tiny_hf"
   tiny_checkpoint(model_dir)
@@ -123,7 +124,7 @@ def test_synthesize_with_jax_engine_then_curate_and_read_back(tmp_path):
   report = gen.curate(c)
   assert report["inputs"]["heldout"] == {"val": 1, "test1": 1, "test2": 1}
   assert report["per_teacher"]["scripted"]["rejected"]["contaminated"] == 1  # the pair copied from test2
-  curated = data.read_records(os.path.join(c.out_dir, "curated", "synthetic.jsonl"))
+  curated = read_records(os.path.join(c.out_dir, "curated", "synthetic.jsonl"))
   scripted = sorted(r.question for r in curated if r.source == "scripted")
   assert scripted == ["आरती में कितने पुजारी भाग लेते हैं?", "भारत कला भवन संग्रहालय किस दिन बंद रहता है?"]
   assert all(r.meta["provenance"]["prompt_version"] == prompts.PROMPT_VERSION for r in curated)

@@ -127,3 +127,17 @@ def test_dry_run_stats_count_each_filter_and_threshold():
   assert stats["filters"]["unsupported_number"]["examples"][0]["id"] == "a"
   sweep = stats["sweeps"]["grounding_threshold"]["values"]
   assert sweep["0.3"]["would_drop"] <= sweep["0.9"]["would_drop"] and sweep["0.9"]["would_drop"] >= 1
+
+
+def test_answers_that_stop_mid_phrase_are_incomplete():
+  assert faithful.incomplete("यहाँ दक्षिण भारत के श्रद्धालु भगवान शिव की पूजा का") == "ends mid-phrase on 'का'"
+  assert faithful.incomplete("आरती में सात पुजारी और") and faithful.incomplete("संग्रहालय में पुराने सिक्के तथा")
+  assert faithful.incomplete("आरती दशाश्वमेध घाट पर होती है।") == ""
+  assert faithful.incomplete("दशाश्वमेध घाट पर") == ""  # a short answer may end on a postposition
+  # the last answer of a length-cut output without a final mark
+  assert faithful.incomplete("आरती लगभग पैंतालीस मिनट तक चलती", cut_by_length=True)
+  assert faithful.incomplete("आरती लगभग पैंतालीस मिनट तक चलती है।", cut_by_length=True) == ""
+  records = [rec("k", "A", "भारत कला भवन कहाँ स्थित है?", "भारत कला भवन काशी हिंदू विश्वविद्यालय के परिसर में स्थित है।"),
+             rec("cut", "A", "संग्रहालय में क्या रखा गया है?", "संग्रहालय में एक लाख से अधिक कलाकृतियाँ और")]
+  kept, reasons, _ = run(records)
+  assert kept == {"k"} and reasons == {"cut": "incomplete_answer"}

@@ -50,6 +50,38 @@ def test_numbered_and_labelled_lists():
   assert p.pairs == [(Q1, A1), (Q2, A2)]
 
 
+def test_markdown_tables_with_and_without_a_header():
+  table = f"| # | प्रश्न | उत्तर |\n|---|---|---|\n| 1 | {Q1} | **{A1}** |\n| 2 | {Q2} | {A2} |\n"
+  assert parse_pairs("तालिका:\n\n" + table).pairs == [(Q1, A1), (Q2, A2)]
+  assert parse_pairs(f"| {Q1} | {A1} |\n| {Q2} | {A2} |").pairs == [(Q1, A1), (Q2, A2)]
+  assert parse_pairs(f"| प्रश्न | उत्तर |\n|:--|:--|\n| {Q1} | |").dropped == {"empty_answer": 1}
+
+
+def test_abbreviated_hindi_labels():
+  assert parse_pairs(f"प्र. {Q1}\nउ. {A1}\n\nप्र. {Q2}\nउ. {A2}").pairs == [(Q1, A1), (Q2, A2)]
+  assert parse_pairs(f"प्र.१ {Q1}\nउ.१ {A1}\nप्र.२ {Q2}\nउ.२ {A2}").pairs == [(Q1, A1), (Q2, A2)]
+  assert parse_pairs(f"प्र० {Q1}\nउ० {A1}").pairs == [(Q1, A1)]
+
+
+def test_numbered_or_bold_questions_with_unlabelled_answers():
+  text = f"यहाँ प्रश्न हैं।\n\n**1. {Q1}**\n{A1}\n\n**{Q2}**\n{A2}\n```"
+  assert parse_pairs(text).pairs == [(Q1, A1), (Q2, A2)]
+  assert parse_pairs(f"1. {Q1}\n{A1}\n2) {Q2}\n{A2}").pairs == [(Q1, A1), (Q2, A2)]
+  assert parse_pairs(f"- {Q1}\n  {A1}\n  दूसरी पंक्ति।").pairs == [(Q1, A1 + " दूसरी पंक्ति।")]
+
+
+def test_json_lines_inner_quotes_raw_newlines_and_glued_fences():
+  lines = f'{{"question": "{Q1}", "answer": "{A1}"}}\n{{"question": "{Q2}", "answer": "{A2}"}}'
+  assert parse_pairs(lines).pairs == [(Q1, A1), (Q2, A2)]
+  cut = parse_pairs(lines + f'\n{{"question": "{Q3}", "answer": "आरती लगभग')
+  assert cut.pairs == [(Q1, A1), (Q2, A2)] and cut.dropped == {"truncated": 1}  # never completed by repair
+  quoted = f'[{{"question": "आरती में "दीपक" कौन उठाते हैं?", "answer": "सात "युवा" पुजारी।"}}]'
+  assert parse_pairs(quoted).pairs == [('आरती में "दीपक" कौन उठाते हैं?', 'सात "युवा" पुजारी।')]
+  newline = f'```json\n[{{"question": "{Q1}", "answer": "गंगा आरती हर शाम\nसूर्यास्त के बाद होती है।"}}]```'
+  assert parse_pairs(newline).pairs == [(Q1, A1)]
+  assert parse_pairs(f"प्रश्न: {Q1}\nउत्तर: {A1}```").pairs == [(Q1, A1)]
+
+
 def test_garbage_and_empty():
   for text in ("मुझे खेद है, मैं यह नहीं कर सकता।", "", None, "[1, 2, 3]", '{"foo": "bar"}'):
     p = parse_pairs(text)

@@ -7,15 +7,11 @@ server's token counts, finish_reason "length" for the 16-token budget, and trunc
 """
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
 import gen
+from helpers import transformers_serve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_TOKENS = 16
@@ -33,34 +29,8 @@ def server(tmp_path_factory):
   torch.manual_seed(0)
   transformers.LlamaForCausalLM(cfg).save_pretrained(model_dir)
   tok.save_pretrained(model_dir)
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-  log = open(model_dir / "serve.log", "w")
-  proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir),
-                           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"],
-                          stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-  try:
-    deadline = time.monotonic() + 90
-    while True:
-      try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-        break
-      except OSError:
-        if proc.poll() is not None or time.monotonic() > deadline:
-          log.flush()
-          raise RuntimeError("transformers serve did not come up:\n" + (model_dir / "serve.log").read_text()[-3000:])
-        time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}/v1", str(model_dir)
-  finally:
-    proc.terminate()
-    try:
-      proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
-    log.close()
+  with transformers_serve(model_dir / "serve.log", model_dir) as url:
+    yield url, str(model_dir)
 
 
 def test_synthesize_through_transformers_serve(server, tmp_path):

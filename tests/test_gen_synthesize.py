@@ -202,8 +202,8 @@ def test_cli_synthesize_and_curate_against_local_endpoint(tmp_path):
     report = json.loads(res.stdout)
     assert report["totals"] == {"input": 8, "kept": 4, "rejected": 4}
     assert report["per_teacher"]["llama"]["rejected"]["duplicate_near"] == 4
-    from hinqa_jax import data
-    curated = data.read_records(tmp_path / "out" / "curated" / "synthetic.jsonl")
+    from hinqa_jax.records import read_records
+    curated = read_records(tmp_path / "out" / "curated" / "synthetic.jsonl")
     assert sorted(r.question for r in curated) == [f"घाट {i} पर शाम को क्या होता है?" for i in range(4)]
     assert all(r.source == "llama" and r.meta["provenance"]["teacher"] == "llama" for r in curated)
     res = run("translate")

@@ -64,7 +64,7 @@ def test_shellcheck_catches_a_planted_error(tmp_path):
 @pytest.mark.parametrize("mesh", [None, (1, 1, 8)], ids=["config", "tensor-across-processes"])
 def test_local_two_processes_match_one_process(tmp_path, monkeypatch, mesh):
   from hinqa_jax import config as config_lib, pipeline
-  from hinqa_jax.tokenizer import build_bundled_tokenizer
+  from hinqa_jax.examples import build_bundled_tokenizer
   from hinqa_jax.tracking import read_metrics
   tok = tmp_path / "tok"
   build_bundled_tokenizer(out_dir=tok)
@@ -184,3 +184,46 @@ def test_gpu_slurm_script_runs_one_process_per_task(tmp_path):
   out = subprocess.run(["bash", str(REPO / "launch" / "gpu_slurm.sbatch"), "train"], cwd=tmp_path,
                        env={**env, "HINQA_VENV": str(tmp_path / "missing")}, capture_output=True, text=True)
   assert out.returncode == 2 and "HINQA_VENV" in out.stderr
+
+
+def _recipe_run(env: dict, hinqa: str, cwd: Path) -> subprocess.CompletedProcess:
+  env = {**env, "HINQA": hinqa, "WORK": "/shared/runs/vatika 8b", "VATIKA": "/shared/vatika", "MODELS": "/shared/models"}
+  return subprocess.run([str(REPO / "launch" / "recipe.sh"), "run", "--config.train.num_steps=300"], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _recipe_args(tmp_path: Path) -> list[str]:
+  """The arguments recipe.sh's `run` gives `python -m hinqa_jax`, recorded by a stand-in launcher."""
+  _exe(tmp_path / "record", "#!/usr/bin/env bash\nprintf 'arg=%s\\n' \"$@\" > \"$(dirname \"$0\")/recipe-args.txt\"\n")
+  out = _recipe_run(dict(os.environ), str(tmp_path / "record"), REPO)
+  assert out.returncode == 0, out.stderr
+  args = (tmp_path / "recipe-args.txt").read_text().splitlines()
+  assert args[:2] == ["arg=run", "arg=--config=configs/vatika_llama3_8b_all.py"]
+  assert "arg=--workdir=/shared/runs/vatika 8b" in args and "arg=--config.data.root=/shared/vatika" in args
+  assert "arg=--config.data.gen_dir=/shared/runs/vatika 8b/gen" in args and args[-1] == "arg=--config.train.num_steps=300"
+  return args
+
+
+def test_the_recipes_run_goes_through_the_tpu_pod_launcher_unchanged(tmp_path):
+  expected = _recipe_args(tmp_path)
+  out = _recipe_run(_fake_pod(tmp_path), f"{REPO / 'launch' / 'tpu_pod.sh'} --no-setup", REPO)
+  assert out.returncode == 0, out.stdout + out.stderr
+  for w in (0, 1):
+    run = (tmp_path / f"w{w}" / "run.txt").read_text().splitlines()
+    assert run[1:4] == ["coordinator=10.0.0.1:8476", "num=2", f"id={w}"] and run[4:] == ["arg=-m", "arg=hinqa_jax", *expected]
+
+
+def test_the_recipes_run_goes_through_the_slurm_launcher_unchanged(tmp_path):
+  expected = _recipe_args(tmp_path)
+  bin_dir = tmp_path / "bin"
+  # sbatch runs the script with its arguments (its own options dropped); srun runs two tasks
+  _exe(bin_dir / "sbatch", "#!/usr/bin/env bash\nwhile [[ $1 == --* ]]; do shift; done\nexec bash \"$@\"\n")
+  _exe(bin_dir / "srun", "#!/usr/bin/env bash\n[[ $1 == --kill-on-bad-exit=1 ]] && shift\n"
+       "for i in 0 1; do SLURM_PROCID=$i \"$@\"; done\n")
+  _exe(tmp_path / "venv" / "bin" / "python", f"#!/usr/bin/env bash\nprintf 'arg=%s\\n' \"$@\" > {tmp_path}/run-$SLURM_PROCID.txt\n")
+  env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(REPO),
+         "HINQA_VENV": str(tmp_path / "venv")}
+  out = _recipe_run(env, "sbatch --wait --nodes=2 launch/gpu_slurm.sbatch", REPO)
+  assert out.returncode == 0, out.stdout + out.stderr
+  for i in (0, 1):
+    assert (tmp_path / f"run-{i}.txt").read_text().splitlines() == ["arg=-m", "arg=hinqa_jax", *expected]

@@ -140,26 +140,9 @@ def test_bertscore_notes_without_model(tmp_path):
 def tiny_bert_dirs(tmp_path_factory):
   """One random 2-layer BERT (hidden 32, Devanagari word pieces) saved twice: tokenizer with
   model_max_length=128, and without it (as mBERT's hub files, which then load as 1e30)."""
-  import torch
-  from transformers import BertConfig, BertModel, BertTokenizer
+  from helpers import tiny_bert
   root = tmp_path_factory.mktemp("tiny_bert")
-  chars = [chr(c) for c in range(0x0900, 0x0980) if unicodedata.category(chr(c)) != "Cn"]
-  chars += list("0123456789.,?!-")
-  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]
-  (root / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-  torch.manual_seed(0)
-  cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                   intermediate_size=64, max_position_embeddings=128)
-  model = BertModel(cfg)
-  dirs = []
-  for name, extra in (("capped", {"model_max_length": 128}), ("uncapped", {})):
-    # Cased, as mBERT: lowercasing would strip accents, i.e. every matra (category Mn).
-    tok = BertTokenizer(str(root / "vocab.txt"), do_lower_case=False, **extra)
-    assert tok.tokenize("है।") == ["ह", "##ै", "।"]
-    model.save_pretrained(root / name)
-    tok.save_pretrained(root / name)
-    dirs.append(str(root / name))
-  return dirs
+  return [tiny_bert(root / "capped", 128), tiny_bert(root / "uncapped", None)]
 
 
 def test_bertscore_equals_bert_score_library(tiny_bert_dirs, monkeypatch):

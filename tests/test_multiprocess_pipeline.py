@@ -22,7 +22,8 @@ from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM
 
 from helpers import hf_logits
-from hinqa_jax import config as config_lib, data, evaluate, lora, pipeline, train
+from hinqa_jax import config as config_lib, evaluate, lora, pipeline, train
+from hinqa_jax.records import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS, SPLITS = ("m1", "m2", "m3"), ("val", "test1", "test2")
@@ -67,7 +68,7 @@ def _predictions(eval_dir: Path) -> dict[str, list[str]]:
 
 def _synthetic_file(path: Path) -> Path:
   """Curated-format synthetic records (as gen/curate writes them), from the training contexts."""
-  recs = data.read_records(REPO / "data" / "vatika_mini" / "train.json")[:24]
+  recs = read_records(REPO / "data" / "vatika_mini" / "train.json")[:24]
   path.write_text("".join(json.dumps({"id": f"syn-{i}", "domain": r.domain, "context": r.context,
                                       "question": r.question.replace("?", " बताइए?"), "answer": r.answer,
                                       "source": "teacher_a"}, ensure_ascii=False) + "\n"

@@ -8,13 +8,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hinqa_jax import config as config_lib, data, evaluate, lora, pipeline, train
+from hinqa_jax import config as config_lib, evaluate, lora, pipeline, train
+from hinqa_jax.records import read_records
 from hinqa_jax.config import default_config
 
 
 def _synthetic_file(path, n=24):
   """Curated-format synthetic records (as gen/curate writes them), from the training contexts."""
-  recs = data.read_records("data/vatika_mini/train.json")[:n]
+  recs = read_records("data/vatika_mini/train.json")[:n]
   with open(path, "w", encoding="utf-8") as f:
     for i, r in enumerate(recs):
       f.write(json.dumps({"id": f"syn-{i}", "domain": r.domain, "context": r.context,

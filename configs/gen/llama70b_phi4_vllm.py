@@ -1,21 +1,25 @@
 """The paper's two teachers, LLaMA-3.3-70B-Instruct and Phi-4 (14B), on vLLM (GPU nodes).
 
 vLLM lives in its own environment (`pip install -r requirements-gen.txt`). Download the weights
-to local directories first and set the paths. With 8 GPUs per node, one node per teacher:
+to local directories first and set the paths. The teachers read the same VATIKA files as the student
+(`data.root`, shared with configs/vatika_llama3_8b_*.py) and write to `out_dir`, whose curated/synthetic.jsonl
+is what those configs read as `data.gen_dir` (launch/recipe.sh runs the whole recipe). On node i of N:
 
-  python -m gen synthesize --config=configs/gen/llama70b_phi4_vllm.py --config.synth.only="('llama70b',)" \
-      --config.teachers.llama70b.model=/models/Llama-3.3-70B-Instruct
-  python -m gen synthesize --config=configs/gen/llama70b_phi4_vllm.py --config.synth.only="('phi4',)" \
+  python -m gen synthesize --config=configs/gen/llama70b_phi4_vllm.py --shard=i/N --config.data.root=/data/vatika \
+      --config.out_dir=runs/vatika_8b/gen --config.teachers.llama70b.model=/models/Llama-3.3-70B-Instruct \
       --config.teachers.phi4.model=/models/phi-4
-  # several nodes per teacher: add --shard=i/N on node i; then, anywhere with the files:
-  python -m gen curate --config=configs/gen/llama70b_phi4_vllm.py
+  # then, anywhere with the files (merges the shards):
+  python -m gen curate --config=configs/gen/llama70b_phi4_vllm.py --config.data.root=/data/vatika \
+      --config.out_dir=runs/vatika_8b/gen
 """
 from gen import default_config, teacher
+from hinqa_jax.config import VATIKA_WORKDIR, vatika_files
 
 
 def get_config():
   c = default_config()
-  c.out_dir = "runs/gen/llama70b_phi4"  # teacher outputs; curated data in <out_dir>/curated
+  c.out_dir = VATIKA_WORKDIR + "/gen"  # teacher outputs; curated data in <out_dir>/curated (the 8B configs' data.gen_dir)
+  vatika_files(c.data)  # data.root: the VATIKA files the student trains on (contexts, decontamination)
   c.teachers.llama70b = teacher(
     "vllm",  # offline vllm.LLM(...).chat(...)
     "/models/Llama-3.3-70B-Instruct",  # local checkpoint directory (placeholder)

@@ -9,11 +9,13 @@ The API key is read from the environment variable named by api_key_env, never st
   python -m gen curate --config=configs/gen/openai_endpoint.py
 """
 from gen import default_config, teacher
+from hinqa_jax.config import VATIKA_WORKDIR, vatika_files
 
 
 def get_config():
   c = default_config()
-  c.out_dir = "runs/gen/openai_endpoint"  # teacher outputs; curated data in <out_dir>/curated
+  c.out_dir = VATIKA_WORKDIR + "/gen"  # teacher outputs; curated data in <out_dir>/curated (the 8B configs' data.gen_dir)
+  vatika_files(c.data)  # data.root: the VATIKA files the student trains on (contexts, decontamination)
   c.teachers.llama70b = teacher(
     "openai",  # POST {base_url}/chat/completions
     "meta-llama/Llama-3.3-70B-Instruct",  # the model name the server knows

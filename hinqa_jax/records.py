@@ -1,9 +1,9 @@
-"""QA records in (VATIKA JSON, JSONL, CSV, SQuAD JSON, a saved `datasets` dir), prompts and examples out.
+"""QA records in: VATIKA JSON, JSONL, CSV, SQuAD JSON or a saved `datasets` dir, all read as `Record`s.
 
 Every reader yields the same `Record`s, text NFC-normalised with whitespace collapsed. A file that
 is not what it claims raises at once; bad records are collected and reported together, so one run
-shows every problem of a file. Packing, shards and the batch iterator live in `packing.py`
-(`data.prepare`, `data.PackedDataset` and `data.pack_examples` are re-exported from there).
+shows every problem of a file. Prompts and tokenised examples are built from records in
+`examples.py`; packing, shards and the batch iterator live in `packing.py`.
 """
 from __future__ import annotations
 
@@ -15,13 +15,8 @@ import logging
 import os
 import unicodedata
 from pathlib import Path
-from typing import Any
 
-from hinqa_jax.tokenizer import REPO_ROOT, stop_ids  # noqa: F401  (stop_ids re-exported: data.stop_ids)
-
-SYSTEM_PROMPT = ("आप वाराणसी पर्यटन के विशेषज्ञ सहायक हैं। "
-                 "दिए गए संदर्भ के आधार पर प्रश्न का उत्तर एक पूरे हिंदी वाक्य में दें।")
-TEMPLATES = ("auto", "chat", "plain")
+from hinqa_jax.files import repo_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +54,24 @@ def normalize_text(text: str) -> str:
   return " ".join(unicodedata.normalize("NFC", text).split())
 
 
+def is_devanagari(ch: str) -> bool:
+  """A character of the Devanagari blocks (U+0900-097F, U+A8E0-A8FF): letters, vowel signs, digits, dandas."""
+  return "\u0900" <= ch <= "\u097f" or "\ua8e0" <= ch <= "\ua8ff"
+
+
 def devanagari_ratio(text: str) -> float:
-  """Share of letters (and combining marks) that are Devanagari; 1.0 for text without letters."""
-  letters = [c for c in text if unicodedata.category(c)[0] in "LM"]
-  n_deva = sum("\u0900" <= c <= "\u097f" or "\ua8e0" <= c <= "\ua8ff" for c in letters)
-  return n_deva / len(letters) if letters else 1.0
+  """Devanagari characters (letters, vowel signs, digits, dandas) against them plus the letters of other
+  scripts; 0.0 for text with neither (a number or punctuation alone is no evidence of Hindi).
+
+  One meaning for the reader's warning and curation's min_devanagari_ratio: ASCII digits, spaces and
+  punctuation count on neither side, so "घाट 2 ghat!" is 3 / 7."""
+  deva = other = 0
+  for ch in text:
+    if is_devanagari(ch):
+      deva += 1
+    elif ch.isalpha():
+      other += 1
+  return deva / (deva + other) if deva + other else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +187,7 @@ def _read_json(path: Path) -> list[tuple]:
 
 
 def _read_dataset_dir(path: Path) -> list[tuple]:
-  import datasets
+  import datasets  # lazy: pulls in pyarrow, and only a saved dataset dir needs it
   try:
     ds = datasets.load_from_disk(str(path))
   except Exception as e:  # datasets raises several types for a dir that is not a saved dataset
@@ -250,9 +258,7 @@ def _to_record(raw: dict) -> tuple[Record | None, str | None]:
 
 def read_records_report(path: str | os.PathLike) -> tuple[list[Record], list[Problem]]:
   """All good records of a file and every bad record's problem (a bad file as a whole raises)."""
-  path = Path(path)
-  if not path.exists() and not path.is_absolute() and (REPO_ROOT / path).exists():
-    path = REPO_ROOT / path  # config paths are relative to the repo root
+  path = repo_path(path)
   records, problems, seen = [], [], {}
   for where, raw, problem in _read_raw(path):
     rid = raw.get("id") if isinstance(raw, dict) else None
@@ -290,118 +296,6 @@ def read_records(path: str | os.PathLike, strict: bool = True) -> list[Record]:
   return records
 
 
-# ---------------------------------------------------------------------------------------------
-# Prompts and training examples.
-
-
-def resolve_template(tokenizer: Any, template: str) -> str:
-  """auto -> chat when the tokenizer has a chat template, else plain."""
-  if template not in TEMPLATES:
-    raise ValueError(f"template {template!r}: expected one of {TEMPLATES}")
-  has_chat = bool(getattr(tokenizer, "chat_template", None))
-  if template == "chat" and not has_chat:
-    raise ValueError("template 'chat' asked for, but the tokenizer has no chat_template")
-  return template if template != "auto" else ("chat" if has_chat else "plain")
-
-
-def _user_text(context: str, question: str) -> str:
-  return f"संदर्भ: {context}\nप्रश्न: {question}"
-
-
-def _encode(tokenizer: Any, template: str, context: str, question: str,
-            answer: str | None) -> list[int]:
-  """Token ids of the prompt (answer None: ends where the answer starts) or of the full example."""
-  if template == "chat":
-    messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": _user_text(context, question)}]
-    if answer is not None:
-      messages.append({"role": "assistant", "content": answer})
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=answer is None)
-    # The template writes <|begin_of_text|> itself; letting encode add it again would double it.
-    return list(tokenizer.encode(text, add_special_tokens=False))
-  # The prompt ends on ":\n", a pre-token boundary, so its tokens are a prefix of the full text's.
-  text = _user_text(context, question) + "\nउत्तर:\n"
-  ids = list(tokenizer.encode(text + (answer or ""), add_special_tokens=True))
-  return ids if answer is None else ids + [tokenizer.eos_token_id]
-
-
-def _keep_words(context: str, fits) -> str:
-  """The longest word prefix of context for which fits(prefix) holds (binary search)."""
-  words = context.split(" ")
-  lo, hi = 0, len(words)
-  while lo < hi:
-    mid = (lo + hi + 1) // 2
-    if fits(" ".join(words[:mid])):
-      lo = mid
-    else:
-      hi = mid - 1
-  return " ".join(words[:lo])
-
-
-def encode_prompt(tokenizer: Any, record: Record, template: str = "auto",
-                  max_context_tokens: int | None = None) -> list[int]:
-  """What generation is fed: system + context + question, ending where the answer starts."""
-  template = resolve_template(tokenizer, template)
-  context = record.context
-  if max_context_tokens is not None:
-    n_tokens = lambda text: len(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
-    if n_tokens(context) > max_context_tokens:
-      context = _keep_words(context, lambda c: n_tokens(c) <= max_context_tokens)
-  return _encode(tokenizer, template, context, record.question, None)
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-  """A tokenised training example: loss_mask is 1 on the answer and its end-of-turn token."""
-  id: str
-  source: str
-  tokens: list[int]
-  loss_mask: list[int]
-  context_tokens_dropped: int = 0  # > 0 when the context was cut to fit seq_len
-
-
-def build_example(tokenizer: Any, record: Record, template: str, seq_len: int) -> Example:
-  """Tokens and loss mask of one record; the context (never question or answer) is cut to fit."""
-  template = resolve_template(tokenizer, template)
-  q, a = record.question, record.answer
-  full = _encode(tokenizer, template, record.context, q, a)
-  context, dropped = record.context, 0
-  if len(full) > seq_len:
-    bare = len(_encode(tokenizer, template, "", q, a))
-    if bare > seq_len:
-      raise ValueError(f"record {record.id!r}: question and answer alone take {bare} tokens, "
-                       f"more than seq_len {seq_len}")
-    context = _keep_words(context, lambda c: len(_encode(tokenizer, template, c, q, a)) <= seq_len)
-    n_full = len(full)
-    full = _encode(tokenizer, template, context, q, a)
-    dropped = n_full - len(full)
-  prompt = _encode(tokenizer, template, context, q, None)
-  if full[:len(prompt)] != prompt:
-    raise ValueError(f"record {record.id!r}: the prompt's tokens are not a prefix of the full "
-                     f"example's with the {template} template (the mask would be wrong)")
-  end_id = tokenizer.convert_tokens_to_ids("<|eot_id|>") if template == "chat" else tokenizer.eos_token_id
-  if len(full) == len(prompt) or full[-1] != end_id:
-    raise ValueError(f"record {record.id!r}: the {template} template does not end the answer "
-                     f"with token {end_id}")
-  mask = [0] * len(prompt) + [1] * (len(full) - len(prompt))
-  return Example(record.id, record.source, full, mask, dropped)
-
-
-def encode_example(tokenizer: Any, record: Record, template: str,
-                   seq_len: int) -> tuple[list[int], list[int]]:
-  """(tokens, loss_mask) of one record, at most seq_len long; see build_example."""
-  ex = build_example(tokenizer, record, template, seq_len)
-  return ex.tokens, ex.loss_mask
-
-
 def split_records(path: str | os.PathLike, strict: bool = True) -> list[Record]:
   """An evaluation split (val, test1, test2): just its records."""
   return read_records(path, strict=strict)
-
-
-def __getattr__(name: str) -> Any:
-  # packing imports this module, so its names are looked up lazily to avoid an import cycle.
-  if name in ("prepare", "PackedDataset", "pack_examples"):
-    from hinqa_jax import packing
-    return getattr(packing, name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
