@@ -3,7 +3,8 @@
 Runs decode and the LoRA train step on both bench models (bench30m: the head is a third of the weights;
 layer34m: the transformer layers dominate), training with loss on every token and on answer tokens only
 (the packed bundled rows, completion-only labels on the peer's side), our prefill at two prompt lengths,
-and training through the real `python -m hinqa_jax train` command against transformers + PEFT. Each
+training over an int8 and an NF4 base (bench/quant.py), and training through the real `python -m hinqa_jax
+train` command against transformers + PEFT. Each
 bench prints its own summary and JSON line; this collects them into one table with the machine line and
 the load average before each bench (other jobs on the machine hurt torch more than XLA: read ratios
 from a quiet machine only). Took 10.5-12.6 minutes on a 2-core AMD EPYC.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import train, train_cli  # noqa: E402
+from bench import quant, train, train_cli  # noqa: E402
 from bench.common import machine  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "RESULTS.md"
@@ -51,6 +52,18 @@ def _prefill_row(p: dict, load: str) -> tuple[str, ...]:
           f"{ms[short]:.3f} vs {ms[long_]:.3f} ms/token", "",
           f"x {long_} is {ms[long_] / ms[short]:.2f}x the time per token (analytic FLOPs per token: "
           f"{flops[long_] / flops[short]:.2f}x, attention's longer context)", "", load)
+
+
+def _quant_rows(q: dict, load: str) -> list[tuple[str, ...]]:
+  """Ours over int8 and NF4 bases against ours over the float32 and bf16 bases; PEFT + bitsandbytes NF4 against PEFT."""
+  tok, what = q["tok_s"], f"LoRA train step r={q['rank']}, batch {q['batch']} x {q['seq_len']}, base stored as"
+  rows = [(f"{what} {k} (ours vs ours over a float32 base)", q["model"], f"{tok['ours_' + k]:.0f} tok/s",
+           f"ours, float32 base: {tok['ours_float32']:.0f} tok/s", f"{tok['ours_' + k] / tok['ours_float32']:.2f}x", "", load)
+          for k in ("bf16", "int8", "nf4")]
+  rows.append((f"{what} NF4 (ours vs transformers + PEFT + bitsandbytes NF4)", q["model"], f"{tok['ours_nf4']:.0f} tok/s",
+               f"PEFT + bitsandbytes NF4: {tok['peft_nf4']:.0f} tok/s (PEFT, float32 base: {tok['peft_float32']:.0f})",
+               f"{tok['ours_nf4'] / tok['peft_nf4']:.2f}x", "", load))
+  return rows
 
 
 def _cli_row(c: dict) -> tuple[str, ...]:
@@ -104,6 +117,8 @@ def main() -> None:
     for labels in ("all", "answers"):
       load = _load()
       rows.append(_train_row(train.main([f"--model={m}", f"--labels={labels}"]), load))
+  load = _load()
+  rows.extend(_quant_rows(quant.main([]), load))
   rows.append(_cli_row(train_cli.main([])))
   print(write(rows))
 

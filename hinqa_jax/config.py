@@ -33,6 +33,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.n_layers = 0  # 0 = the preset's; fewer: a slice of the model at full width (plans, tests, benches)
   c.model.remat = "none"  # none | full | dots: activation checkpointing policy of each layer
   c.model.layer_loop = "auto"  # auto | scan | unroll: auto unrolls the layers on CPU, scans them elsewhere
+  c.model.quantize = ""  # "" | int8 | nf4: frozen projection kernels stored quantized (QLoRA's NF4), dequantized per layer
+  c.model.quantize_block = 64  # NF4: inputs per absmax block (bitsandbytes' default 64)
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = "data/tokenizer"  # HF tokenizer directory (Llama-3.1's, or the bundled one)
@@ -121,6 +123,8 @@ _RULES = (
     ("model.param_dtype", lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
     ("model.vocab_size", lambda v: v >= 0, ">= 0"),
     ("model.n_layers", lambda v: v >= 0, ">= 0"),
+    ("model.quantize", lambda v: v in ("", "int8", "nf4"), '"", int8 or nf4'),
+    ("model.quantize_block", lambda v: v >= 2 and v % 2 == 0, "an even number >= 2"),
     ("data.seq_len", lambda v: v >= 2, ">= 2"),
     ("lora.rank", lambda v: v >= 1, ">= 1"),
     ("lora.alpha", lambda v: v > 0, "> 0"),
@@ -170,6 +174,8 @@ def check(config: ml_collections.ConfigDict) -> None:
       node = node[key]
     if not ok(node):
       bad.append(f"--config.{dotted}={node!r} must be {rule}")
+  if config.model.quantize and config.train.mode != "lora":
+    bad.append(f"--config.model.quantize={config.model.quantize!r} needs --config.train.mode=lora (a quantized base is frozen)")
   layers = _bertscore_layers(config.eval.bertscore_model)
   if layers is not None and config.eval.bertscore_layer > layers:  # else a traceback after all the training
     bad.append(f"--config.eval.bertscore_layer={config.eval.bertscore_layer} must be <= {layers}, the layers of "

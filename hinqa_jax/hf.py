@@ -8,6 +8,7 @@ before a byte of weights is read.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from hinqa_jax import distributed, model as model_lib
+from hinqa_jax import distributed, model as model_lib, quant
 from hinqa_jax.tokenizer import load_tokenizer, stop_ids
 from hinqa_jax.model import ModelConfig, Params
 
@@ -104,8 +105,9 @@ def config_to_hf(cfg: ModelConfig, dtype: str) -> dict:
 
 # ----------------------------------------------------------------------------- reading
 def _expected_tensors(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple, int | None, bool]]:
-  """HF name -> (HF shape, our path, layer index or None, transpose)."""
-  shapes = jax.eval_shape(model_lib.init, cfg, jax.random.key(0))
+  """HF name -> (HF shape, our path, layer index or None, transpose); a quantized kernel's path ends in
+  "kernel" too (its stored leaves are quant.py's)."""
+  shapes = jax.eval_shape(model_lib.init, cfg.replace(quantize=""), jax.random.key(0))
   out = {"model.embed_tokens.weight": ((cfg.vocab_size, cfg.dim), ("embed_tokens", "embedding"), None, False),
          "model.norm.weight": ((cfg.dim,), ("norm", "weight"), None, False)}
   if not cfg.tie_embeddings:
@@ -163,17 +165,25 @@ def read_config(path: str | os.PathLike, param_dtype: str | None = None) -> Mode
 
 
 def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
-            sharding_of: Callable[[tuple, tuple[int, ...]], jax.sharding.Sharding] | None = None
-            ) -> tuple[ModelConfig, Params]:
+            sharding_of: Callable[[tuple, tuple[int, ...]], jax.sharding.Sharding] | None = None,
+            quantize: str = "", quantize_block: int = 64) -> tuple[ModelConfig, Params]:
   """(ModelConfig, base params) from a local HF LLaMA directory.
 
   param_dtype: storage dtype (default: the checkpoint's; float16 becomes bfloat16).
+  quantize, quantize_block: store the projection kernels as quant.py's int8 or NF4 leaves, quantized from the
+    checkpoint's values (read as float32) layer by layer while they stream in: a process holds one layer's
+    float slice at a time, never a float copy of the base.
   sharding_of(path, shape): the Sharding of each parameter. With it, each process reads from disk only the
     slices its own devices hold (`safe_open(...).get_slice`), so an 8B import on N processes holds about
     1/N of the model per host. Without it: each whole parameter on the default device.
   """
   path = Path(path)
   cfg = read_config(path, param_dtype)
+  if quantize:
+    try:
+      cfg = cfg.replace(quantize=quantize, quantize_block=quantize_block)
+    except ValueError as err:
+      raise ValueError(f"{path / 'config.json'}: {err}") from None
   expected = _expected_tensors(cfg)
   files = _weight_files(path)
   missing = [n for n in expected if n not in files]
@@ -200,7 +210,7 @@ def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
   np_dtype = jnp.dtype(cfg.param_dtype)
   params: dict = {}
 
-  def read(name: str, index: tuple[slice, ...], transpose: bool) -> np.ndarray:
+  def read(name: str, index: tuple[slice, ...], transpose: bool, dtype=np_dtype) -> np.ndarray:
     """index (over our axes) of one HF tensor, read from disk alone and cast.
 
     The file is memory-mapped for this one read: the pages a read touches (all of the tensor's when the
@@ -208,38 +218,51 @@ def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
     """
     with _open_safetensors(files[name]) as st:
       block = st.get_slice(name)[index[::-1] if transpose else index]
-    return (block.T if transpose else block).astype(np_dtype, copy=False)
+    return (block.T if transpose else block).astype(dtype, copy=False)
+
+  def part(index: tuple[slice, ...], shape, names, transpose, layer_fn=None) -> np.ndarray:
+    """index of one parameter; layer_fn(HF tensor name, row slice, col slice) reads and makes one layer's block."""
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    if expected[names[0]][2] is None:  # one tensor, not stacked over layers
+      return np.ascontiguousarray(read(names[0], index, transpose))
+    layers = range(*index[0].indices(shape[0]))
+    out = None
+    for j, layer in enumerate(layers):  # one layer's slice in flight at a time
+      block = layer_fn(names[layer], *index[1:]) if layer_fn else read(names[layer], index[1:], transpose)
+      if out is None:
+        out = np.empty((len(layers),) + block.shape, block.dtype)
+      out[j] = block
+    return out
+
+  def make(p: tuple, shape: tuple[int, ...], fn) -> jax.Array:
+    if sharding_of is None:
+      return jnp.asarray(fn(()))
+    cache: dict[tuple, np.ndarray] = {}  # devices holding the same slice (replicas) share one read
+
+    def cached(index):
+      key = tuple((s.start, s.stop, s.step) for s in index)
+      if key not in cache:
+        cache[key] = fn(index)
+      return cache[key]
+    return jax.make_array_from_callback(shape, sharding_of(p, shape), cached)
 
   for p, (shape, names, transpose) in groups.items():
-    def part(index: tuple[slice, ...], shape=shape, names=names, transpose=transpose) -> np.ndarray:
-      index = tuple(index) + (slice(None),) * (len(shape) - len(index))
-      if expected[names[0]][2] is None:  # one tensor, not stacked over layers
-        return np.ascontiguousarray(read(names[0], index, transpose))
-      layers = range(*index[0].indices(shape[0]))
-      out = None
-      for j, layer in enumerate(layers):  # one layer's slice in flight at a time
-        block = read(names[layer], index[1:], transpose)
-        if out is None:
-          out = np.empty((len(layers),) + block.shape, np_dtype)
-        out[j] = block
-      return out
-
-    if sharding_of is None:
-      leaf = jnp.asarray(part(()))
-    else:
-      cache: dict[tuple, np.ndarray] = {}  # devices holding the same slice (replicas) share one read
-
-      def cached(index, part=part, cache=cache):
-        key = tuple((s.start, s.stop, s.step) for s in index)
-        if key not in cache:
-          cache[key] = part(index)
-        return cache[key]
-
-      leaf = jax.make_array_from_callback(shape, sharding_of(p, shape), cached)
+    leaves = {p[-1]: (shape, functools.partial(part, shape=shape, names=names, transpose=transpose))}
+    if cfg.quantize and p[0] == "layers" and p[-1] == "kernel":  # the kernel's quantized leaves instead
+      shared: dict = {}
+      leaves = {}
+      for leaf, (stored, _) in quant.stored_shapes(shape[1], shape[2], cfg.quantize, cfg.quantize_block).items():
+        def reader(name, rows, cols, leaf=leaf, shared=shared, transpose=transpose, d_in=shape[1]):
+          return quant.stored_rows(lambda lo, hi: read(name, (slice(lo, hi), cols), transpose, np.float32), leaf,
+                                   rows, d_in, cfg.quantize, cfg.quantize_block, shared, (name, cols.start, cols.stop))
+        leaf_shape = (shape[0],) + stored
+        leaves[leaf] = (leaf_shape, functools.partial(part, shape=leaf_shape, names=names, transpose=transpose,
+                                                      layer_fn=reader))
     node = params
     for k in p[:-1]:
       node = node.setdefault(k, {})
-    node[p[-1]] = leaf
+    for leaf, (leaf_shape, fn) in leaves.items():
+      node[leaf] = make(p[:-1] + (leaf,), leaf_shape, fn)
   return cfg, params
 
 
@@ -256,12 +279,17 @@ def _publish(tmp: Path, out_dir: Path):
 
 
 def _hf_tensor(params: Params, spec: tuple, adapters, lcfg, dtype) -> np.ndarray:
-  """One HF tensor on the host: gathered from however it is sharded, LoRA merged in float32, then cast."""
+  """One HF tensor on the host: gathered from however it is sharded, LoRA merged in float32, then cast.
+  A quantized kernel is dequantized to float32 first: the merge adds the update to the base it was trained on."""
   _, p, layer, transpose = spec
-  leaf = params
-  for k in p:
-    leaf = leaf[k]
-  w = distributed.to_host(leaf if layer is None else leaf[layer])
+  node = params
+  for k in p[:-1]:
+    node = node[k]
+  if p[-1] in node:
+    leaf = node[p[-1]]
+    w = distributed.to_host(leaf if layer is None else leaf[layer])
+  else:
+    w = quant.dequantize({k: distributed.to_host(v[layer]) for k, v in node.items()}, np.float32)
   ad = adapters["layers"].get(p[1], {}).get(p[2]) if adapters is not None and p[0] == "layers" else None
   if ad is not None:
     from hinqa_jax import lora

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hinqa_jax import attention, sharding
+from hinqa_jax import attention, quant, sharding
 from hinqa_jax.attention import ATTN_BLOCK  # noqa: F401 (the query block of the CPU path; tests read it here)
 
 Params = dict[str, Any]
@@ -62,6 +62,10 @@ class ModelConfig:
   # keeps no residuals and was 4-13% faster scanned. auto: unrolled on CPU except for a prefill; scanned
   # on accelerators (one compiled layer, as MaxText's scan_layers).
   layer_loop: str = "auto"
+  # "" | int8 | nf4: storage of the frozen projection kernels (quant.py), dequantized inside each layer;
+  # embeddings, norms and the head stay in param_dtype. quantize_block: NF4's inputs per absmax.
+  quantize: str = ""
+  quantize_block: int = 64
 
   def __post_init__(self):
     if self.head_dim == 0:
@@ -72,6 +76,9 @@ class ModelConfig:
       raise ValueError(f"remat must be none, full or dots, got {self.remat!r}")
     if self.layer_loop not in ("auto", "scan", "unroll"):
       raise ValueError(f"layer_loop must be auto, scan or unroll, got {self.layer_loop!r}")
+    if self.quantize:
+      for d_in in {self.dim, self.n_heads * self.head_dim, self.ffn_dim}:
+        quant.check(self.quantize, self.quantize_block, d_in)
 
   @classmethod
   def preset(cls, name: str, **overrides) -> "ModelConfig":
@@ -197,14 +204,24 @@ def matmul(x, w):
 
 
 class Proj(nnx.Module):
-  """A bias-free projection `x @ kernel` with an optional LoRA update `scale * x @ a @ b`."""
+  """A bias-free projection `x @ kernel` with an optional LoRA update `scale * x @ a @ b`. With `quantize`,
+  the frozen kernel is stored as quant.py's leaves and dequantized here, inside the layer."""
 
-  def __init__(self, d_in: int, d_out: int, rngs: nnx.Rngs, param_dtype):
+  def __init__(self, d_in: int, d_out: int, rngs: nnx.Rngs, param_dtype, quantize: str = "", block: int = 64):
     std = 1.0 / math.sqrt(d_in)
-    self.kernel = nnx.Param(jax.random.normal(rngs.params(), (d_in, d_out), param_dtype) * std)
+    kernel = jax.random.normal(rngs.params(), (d_in, d_out), param_dtype) * std
+    if quantize:
+      for leaf, value in quant.quantize(kernel, quantize, block).items():
+        setattr(self, leaf, nnx.Param(value))
+    else:
+      self.kernel = nnx.Param(kernel)
 
   def __call__(self, x, adapter=None, scale: float = 1.0, dropout: float = 0.0, rng=None):
-    y = matmul(x, self.kernel[...].astype(x.dtype))
+    if hasattr(self, "kernel"):
+      y = matmul(x, self.kernel[...].astype(x.dtype))
+    else:
+      codes = getattr(self, quant.CODE_LEAF["nf4" if hasattr(self, quant.CODE_LEAF["nf4"]) else "int8"])
+      y = quant.qmatmul(x, codes[...], getattr(self, quant.SCALE_LEAF)[...])
     if adapter is not None:
       xa = x
       if dropout and rng is not None:
@@ -215,21 +232,24 @@ class Proj(nnx.Module):
     return y
 
 
+def _proj(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs) -> Proj:
+  return Proj(d_in, d_out, rngs, _dtype(cfg.param_dtype), cfg.quantize, cfg.quantize_block)
+
+
 class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    pd, d, e = _dtype(cfg.param_dtype), cfg.dim, cfg.head_dim
-    self.q_proj = Proj(d, cfg.n_heads * e, rngs, pd)  # kernel [D, H*E]
-    self.k_proj = Proj(d, cfg.n_kv_heads * e, rngs, pd)  # kernel [D, K*E]
-    self.v_proj = Proj(d, cfg.n_kv_heads * e, rngs, pd)  # kernel [D, K*E]
-    self.o_proj = Proj(cfg.n_heads * e, d, rngs, pd)  # kernel [H*E, D]
+    d, e = cfg.dim, cfg.head_dim
+    self.q_proj = _proj(cfg, d, cfg.n_heads * e, rngs)  # kernel [D, H*E]
+    self.k_proj = _proj(cfg, d, cfg.n_kv_heads * e, rngs)  # kernel [D, K*E]
+    self.v_proj = _proj(cfg, d, cfg.n_kv_heads * e, rngs)  # kernel [D, K*E]
+    self.o_proj = _proj(cfg, cfg.n_heads * e, d, rngs)  # kernel [H*E, D]
 
 
 class MLP(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    pd = _dtype(cfg.param_dtype)
-    self.gate_proj = Proj(cfg.dim, cfg.ffn_dim, rngs, pd)  # kernel [D, F]
-    self.up_proj = Proj(cfg.dim, cfg.ffn_dim, rngs, pd)  # kernel [D, F]
-    self.down_proj = Proj(cfg.ffn_dim, cfg.dim, rngs, pd)  # kernel [F, D]
+    self.gate_proj = _proj(cfg, cfg.dim, cfg.ffn_dim, rngs)  # kernel [D, F]
+    self.up_proj = _proj(cfg, cfg.dim, cfg.ffn_dim, rngs)  # kernel [D, F]
+    self.down_proj = _proj(cfg, cfg.ffn_dim, cfg.dim, rngs)  # kernel [F, D]
 
 
 class Block(nnx.Module):

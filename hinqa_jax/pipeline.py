@@ -104,7 +104,7 @@ def _full_stage(config, workdir: Path, name: str, examples_fn, seq_len: int, ste
                        "train.learning_rate": config.pretrain.learning_rate,
                        "train.batch_size": config.pretrain.batch_size, "train.warmup_steps": max(steps // 20, 1),
                        "train.mode": "full", "train.num_epochs": 0.0, "train.eval_every_steps": 0,
-                       "train.keep_best": False})
+                       "train.keep_best": False, "model.quantize": ""})  # all weights train: none quantized
   hf_dir = workdir / name / "hf"
 
   def go():

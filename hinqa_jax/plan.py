@@ -187,6 +187,7 @@ def plan(config, target: str | targets.Target = "cpu-1", *, loss_cap: int | None
                  "hbm_bandwidth": target.hbm_bandwidth},
       "model": {"preset": config.model.preset if not config.model.hf_path else config.model.hf_path,
                 "vocab_size": cfg.vocab_size, "dtype": cfg.dtype, "param_dtype": cfg.param_dtype,
+                "quantize": cfg.quantize,
                 "remat": cfg.remat, "mode": mode, "lora_rank": lcfg.rank if mode == "lora" else None,
                 "lora_targets": list(lcfg.targets) if mode == "lora" else None, "note": note},
       "mesh": dict(mesh.shape), "devices": n, "platform": devs[0].platform, "compile_s": compile_s,
@@ -312,7 +313,8 @@ def report(p: dict) -> str:
           else "the head on every position (no loss_cap given: an upper bound)")
   lines = [
       f"plan: {m['preset']} (vocab {m['vocab_size']}), {what}, batch {p['batch_size']} x {p['seq_len']} tokens"
-      f" (grad_accum {p['grad_accum']}), remat {m['remat']}, weights {m['param_dtype']}, compute {m['dtype']}; {head}",
+      f" (grad_accum {p['grad_accum']}), remat {m['remat']}, weights {m['param_dtype']}"
+      f"{', projections ' + m['quantize'] if m.get('quantize') else ''}, compute {m['dtype']}; {head}",
       f"target: {tg['name']}: {n} x {tg['device_kind']} on {tg['hosts']} host(s); compiled by {compiler}"
       f" in {p['compile_s']:.1f} s",
       f"mesh: {mesh}",

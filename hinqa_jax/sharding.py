@@ -78,7 +78,7 @@ def param_axes(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple:
   lead = (None,) if stacked else ()
   if name in _PROJ_AXES:
     in_ax, out_ax = _PROJ_AXES[name]
-    if leaf == "kernel":
+    if leaf in ("kernel", "kernel_nf4", "kernel_int8", "kernel_absmax"):  # quantized leaves lie along the kernel
       return lead + (in_ax, out_ax)
     if leaf == "a":  # [L, D_in, R]: follows the kernel's input dimension
       return lead + (in_ax, None)

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 def model_config(config, vocab_size: int | None = None) -> model.ModelConfig:
   """The ModelConfig of a run: an HF directory's config.json, or a preset (vocab from the tokenizer)."""
   m = config.model
-  over = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat": m.remat, "layer_loop": m.layer_loop}
+  over = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat": m.remat, "layer_loop": m.layer_loop,
+          "quantize": m.quantize, "quantize_block": int(m.quantize_block)}
   if m.n_layers:
     over["n_layers"] = int(m.n_layers)
   if m.hf_path:
@@ -71,7 +72,8 @@ def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
 def load_base(config, cfg: model.ModelConfig, mesh) -> model.Params:
   """Frozen base weights, created or read already sharded (each device gets only its shard)."""
   if config.model.hf_path:  # each process reads from disk only the slices its devices hold
-    return hf.load_hf(config.model.hf_path, param_dtype=cfg.param_dtype,
+    return hf.load_hf(config.model.hf_path, param_dtype=cfg.param_dtype, quantize=cfg.quantize,
+                      quantize_block=cfg.quantize_block,
                       sharding_of=lambda path, shape: NamedSharding(mesh, sharding.param_spec(path, shape, mesh)))[1]
   abstract = jax.eval_shape(model.init, cfg, jax.random.key(0))
   shardings = sharding.tree_shardings(abstract, mesh)
