@@ -58,7 +58,7 @@ def load_stage(config, workdir: str | os.PathLike, stage: str, mesh, vocab: int)
   are cheap), then the base created or read already sharded, exactly as training had it."""
   cfg = train_lib.model_config(config, vocab)
   adapters, lcfg = load_adapters(Path(workdir) / stage, cfg, mesh=mesh)
-  return cfg, train_lib.load_base(config, cfg, mesh), adapters, lcfg
+  return cfg, train_lib.load_base(config, cfg, mesh, cache_dir=Path(workdir) / "base_cache"), adapters, lcfg
 
 
 # ----------------------------------------------------------------------------- generation and scores

@@ -12,7 +12,6 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +21,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from hinqa_jax import distributed, model as model_lib, quant
+from hinqa_jax import distributed, files, lora, model as model_lib, quant
 from hinqa_jax.tokenizer import load_tokenizer, stop_ids
 from hinqa_jax.model import ModelConfig, Params
 
@@ -267,17 +266,6 @@ def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
 
 
 # ----------------------------------------------------------------------------- writing
-def _atomic_dir(out_dir: Path):
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-
-
-def _publish(tmp: Path, out_dir: Path):
-  if out_dir.exists():
-    shutil.rmtree(out_dir)
-  os.replace(tmp, out_dir)
-
-
 def _hf_tensor(params: Params, spec: tuple, adapters, lcfg, dtype) -> np.ndarray:
   """One HF tensor on the host: gathered from however it is sharded, LoRA merged in float32, then cast.
   A quantized kernel is dequantized to float32 first: the merge adds the update to the base it was trained on."""
@@ -292,7 +280,6 @@ def _hf_tensor(params: Params, spec: tuple, adapters, lcfg, dtype) -> np.ndarray
     w = quant.dequantize({k: distributed.to_host(v[layer]) for k, v in node.items()}, np.float32)
   ad = adapters["layers"].get(p[1], {}).get(p[2]) if adapters is not None and p[0] == "layers" else None
   if ad is not None:
-    from hinqa_jax import lora
     w = lora.merged_kernel(w, ad["a"][layer], ad["b"][layer], lcfg)
   w = w.astype(dtype)
   return np.ascontiguousarray(w.T if transpose else w)
@@ -333,8 +320,7 @@ def save_hf(out_dir: str | os.PathLike, cfg: ModelConfig, params: Params, *, ada
   nbytes = {name: int(np.prod(spec[0])) * np_dtype.itemsize for name, spec in expected.items()}
   shards = _plan_shards(nbytes, max_shard_bytes)
   main = distributed.is_main()
-  tmp = _atomic_dir(out_dir) if main else None
-  try:
+  with files.atomic_dir(out_dir) if main else contextlib.nullcontext() as tmp:  # process 0 writes
     weight_map = {}
     for i, names in enumerate(shards):
       fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
@@ -359,11 +345,6 @@ def save_hf(out_dir: str | os.PathLike, cfg: ModelConfig, params: Params, *, ada
         for f in _TOKENIZER_FILES:
           if (Path(tokenizer_dir) / f).exists():
             shutil.copy2(Path(tokenizer_dir) / f, tmp / f)
-      _publish(tmp, out_dir)
-  except BaseException:
-    if tmp is not None:
-      shutil.rmtree(tmp, ignore_errors=True)
-    raise
   distributed.barrier(f"save_hf {out_dir}")
   return out_dir
 
@@ -391,13 +372,8 @@ def save_peft(out_dir: str | os.PathLike, cfg: ModelConfig, adapters: Params, lc
         tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(a[i].T)  # PEFT: A [R, D_in], B [D_out, R]
         tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b[i].T)
   if distributed.is_main():
-    tmp = _atomic_dir(out_dir)
-    try:
+    with files.atomic_dir(out_dir) as tmp:
       save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
       (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
-      _publish(tmp, out_dir)
-    except BaseException:
-      shutil.rmtree(tmp, ignore_errors=True)
-      raise
   distributed.barrier(f"save_peft {out_dir}")
   return out_dir

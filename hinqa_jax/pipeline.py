@@ -10,41 +10,45 @@ the others wait for it (distributed.main_only), as distributed.py describes.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import os
+import random
 from pathlib import Path
 
 import jax
 
-from hinqa_jax import distributed, locks
+import gen
+from hinqa_jax import (bootstrap, distributed, evaluate as evaluate_lib, hf, locks, model, packing, report, sharding,
+                       train as train_lib, uncertainty, validation)
 from hinqa_jax.config import with_overrides
+from hinqa_jax.examples import build_bundled_tokenizer
 from hinqa_jax.files import file_digest, write_atomic
+from hinqa_jax.records import read_records
 from hinqa_jax.stages import cached, content_hash, plain, portable, stage_key, weights_digest
+from hinqa_jax.tokenizer import load_tokenizer, tokenizer_hash
 
 log = logging.getLogger(__name__)
 
 
 def data_key(config, files: tuple[str, ...]) -> str:
   """What a packed data dir depends on: the input files' bytes, the tokenizer, the template, the length."""
-  from hinqa_jax.tokenizer import tokenizer_hash
   return content_hash({"files": [file_digest(f) for f in files], "tokenizer": tokenizer_hash(config.tokenizer.path),
                        "seq_len": config.data.seq_len, "template": config.data.template, "strict": config.data.strict})
 
 
 def prepare(config, workdir: str | os.PathLike, files: tuple[str, ...] | None = None) -> dict:
   """Pack config.data.train (+ synthetic) into WORKDIR/data/<key>/; reused when the key matches."""
-  from hinqa_jax import packing
   files = tuple(files if files is not None else tuple(config.data.train) + tuple(config.data.synthetic))
   key = data_key(config, files)
   out = Path(workdir) / "data" / key
 
   def pack() -> None:
     with locks.hold(out.parent, f"prepare {key}", name=f".{key}.lock"):  # one writer of this data at a time
-      if not (out / "manifest.json").exists():
-        with config.unlocked():
-          config.data.train, config.data.synthetic = files, ()
-        packing.prepare(config, out)
+      if not (out / "manifest.json").exists():  # the caller's config stays as it is (every process's the same)
+        packing.prepare(with_overrides(config, **{"data.train": files, "data.synthetic": ()}), out)
 
   distributed.main_only(f"prepare {key}", pack)
   manifest = json.loads((out / "manifest.json").read_text())
@@ -62,10 +66,7 @@ def prepared_loss_cap(config, workdir: str | os.PathLike) -> int | None:
 def train(config, workdir: str | os.PathLike, *, stage: str | None = None, files: tuple[str, ...] | None = None,
           init_from: str | None = None, mode: str | None = None, progress: bool = True) -> dict:
   """One stage (config.train.stage) on the packed config data; resumes by itself."""
-  import copy
 
-  from hinqa_jax import packing, train as train_lib, validation
-  from hinqa_jax.tokenizer import load_tokenizer
   prepared = prepare(config, workdir, files)
   dataset = packing.PackedDataset(prepared["data_dir"])
   vocab = len(load_tokenizer(config.tokenizer.path))
@@ -86,7 +87,6 @@ _with = with_overrides  # the commands' short name for it
 def _tokenizer(config, workdir: Path) -> str:
   if config.tokenizer.path:
     return str(config.tokenizer.path)
-  from hinqa_jax.examples import build_bundled_tokenizer
   out = workdir / "tokenizer"
 
   def build() -> None:
@@ -99,7 +99,6 @@ def _tokenizer(config, workdir: Path) -> str:
 
 def _full_stage(config, workdir: Path, name: str, examples_fn, seq_len: int, steps: int, seed: int) -> str:
   """Train all weights on custom examples (base pretraining, a teacher) and export them as a HF dir."""
-  from hinqa_jax import bootstrap, packing, train as train_lib
   c = _with(config, **{"train.num_steps": steps, "data.seq_len": seq_len, "seed": seed,
                        "train.learning_rate": config.pretrain.learning_rate,
                        "train.batch_size": config.pretrain.batch_size, "train.warmup_steps": max(steps // 20, 1),
@@ -111,7 +110,6 @@ def _full_stage(config, workdir: Path, name: str, examples_fn, seq_len: int, ste
     data_dir = workdir / "data" / f"{name}-{content_hash(seq_len)}"
     distributed.main_only(f"pack {name}", lambda: bootstrap.write_examples(examples_fn(), data_dir, c.tokenizer.path,
                                                                          seq_len))
-    from hinqa_jax.tokenizer import load_tokenizer
     vocab = len(load_tokenizer(c.tokenizer.path))
     out = train_lib.run_stage(c, workdir, name, packing.PackedDataset(data_dir), mode="full", vocab_size=vocab)
     bootstrap.export_full(out, hf_dir, c.tokenizer.path)
@@ -125,9 +123,6 @@ def _base(config, workdir: Path) -> str:
   """The frozen base: config.model.hf_path, or (pretrain.steps > 0) a small model pretrained here."""
   if config.pretrain.steps <= 0:
     return config.model.hf_path
-  from hinqa_jax import bootstrap
-  from hinqa_jax.records import read_records
-  from hinqa_jax.tokenizer import load_tokenizer
   records = [r for f in config.data.train for r in read_records(f, strict=False)]
   tok = load_tokenizer(config.tokenizer.path)
   c = _with(config, **{"model.hf_path": ""})
@@ -141,12 +136,7 @@ def _synthetic(config, workdir: Path) -> list[str]:
     return list(config.data.synthetic)
   if config.synthetic.source != "teachers":
     raise ValueError(f"synthetic.source must be files or teachers, got {config.synthetic.source!r}")
-  import copy
 
-  import gen
-  from hinqa_jax import bootstrap
-  from hinqa_jax.records import read_records
-  from hinqa_jax.tokenizer import load_tokenizer
   gen_cfg = copy.deepcopy(config.gen)
   records = [r for f in config.data.train for r in read_records(f, strict=False)]
   tok = load_tokenizer(config.tokenizer.path)
@@ -169,8 +159,8 @@ def _synthetic(config, workdir: Path) -> list[str]:
 
   def go():  # the teachers generate on process 0's devices alone; gen writes its files unaware of processes
     gen.synthesize(gen_cfg)
-    report = gen.curate(gen_cfg)
-    return {"curated": str(curated), "report": {k: report.get(k) for k in ("totals", "per_teacher") if k in report}}
+    curation = gen.curate(gen_cfg)
+    return {"curated": str(curated), "report": {k: curation.get(k) for k in ("totals", "per_teacher") if k in curation}}
 
   cached(workdir / "gen", key, lambda: distributed.main_only("synthesize", go))
   return [str(curated)]
@@ -195,7 +185,6 @@ def _has_lines(path: str) -> bool:
 
 def _subsets(config, workdir: Path, synthetic: list[str]) -> dict[str, list[str]]:
   """Synthetic file sets of the experiments: all, each teacher alone, and each ratio (seeded subsets)."""
-  import random
 
   sets = {"all": synthetic}
   if not (config.run.per_teacher or config.run.ratios):
@@ -250,7 +239,6 @@ def experiment_stages(config, synthetic_sets: dict[str, list[str]]) -> dict[str,
 # ----------------------------------------------------------------------------- a trained LoRA stage on the mesh
 def make_mesh(config):
   """The mesh of config.mesh over every device of every process, or a clear error before any work."""
-  from hinqa_jax import sharding
   try:
     return sharding.make_mesh(dict(config.mesh))
   except ValueError as err:
@@ -260,7 +248,6 @@ def make_mesh(config):
 
 def _made_here(config, workdir: Path):
   """config pointing at the tokenizer and base that `run` made in workdir, where the config makes them."""
-  import copy
   c = copy.deepcopy(config)
   if not c.tokenizer.path:
     c.tokenizer.path = str(workdir / "tokenizer")
@@ -281,8 +268,6 @@ def evaluate(config, workdir: str | os.PathLike, stage: str | None = None, *, ou
              mesh=None) -> dict:
   """Scores of a LoRA stage's adapters (default config.train.stage) on val, test1 and test2, on the mesh
   of config.mesh (every process calls it; process 0 writes WORKDIR/eval/<stage>/)."""
-  from hinqa_jax import evaluate as evaluate_lib
-  from hinqa_jax.tokenizer import load_tokenizer
   workdir = Path(workdir)
   config = _made_here(config, workdir)
   stage = stage or config.train.stage
@@ -305,10 +290,7 @@ def export(config, workdir: str | os.PathLike, stage: str | None = None, out_dir
   process 0 (hf.save_hf). out_dir (default WORKDIR/export/<stage>, the run's own, replaced on a re-export):
   a directory of the user's whose merged/ or peft/ already holds files is refused unless `overwrite`,
   before any work, so nothing of theirs is deleted."""
-  import dataclasses
 
-  from hinqa_jax import evaluate as evaluate_lib, hf
-  from hinqa_jax.tokenizer import load_tokenizer
   workdir = Path(workdir)
   config = _made_here(config, workdir)
   stage = stage or config.train.stage
@@ -335,7 +317,6 @@ def convert(config, workdir: str | os.PathLike, hf_dir: str | None = None) -> di
 
   Read as training reads the base: sharded over config.mesh, each process reading only its devices'
   slices (an 8B model never whole on one host or device); every process takes part in the write."""
-  from hinqa_jax import hf, model, train as train_lib
   src = hf_dir or config.model.hf_path
   if not src:
     raise ValueError("convert: give --hf_dir or config.model.hf_path")
@@ -349,9 +330,7 @@ def convert(config, workdir: str | os.PathLike, hf_dir: str | None = None) -> di
 def run(config, workdir: str | os.PathLike) -> dict:
   """The whole pipeline: tokenizer, base, synthetic data, the experiments' stages (once per run.seeds),
   evaluation, uncertainty (CIs, comparisons), report, export."""
-  import copy
 
-  from hinqa_jax import report, train as train_lib, uncertainty, validation
   workdir = Path(workdir)
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before any work
   distributed.main_only("workdir", lambda: workdir.mkdir(parents=True, exist_ok=True))
@@ -384,7 +363,6 @@ def run(config, workdir: str | os.PathLike) -> dict:
           c, workdir, stage=st["name"], files=tuple(st["files"]), init_from=init))
       stage_keys[st["name"]] = key
 
-  from hinqa_jax.tokenizer import load_tokenizer, tokenizer_hash
   vocab = len(load_tokenizer(config.tokenizer.path))
   bases: dict = {}  # a random base (no hf_path) depends on the seed; a loaded one does not
 
@@ -392,7 +370,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
     base_id = config.model.hf_path or c.seed
     if base_id not in bases:
       cfg = train_lib.model_config(c, vocab)
-      bases[base_id] = (cfg, train_lib.load_base(c, cfg, mesh))
+      bases[base_id] = (cfg, train_lib.load_base(c, cfg, mesh, cache_dir=workdir / "base_cache"))
     return bases[base_id]
 
   eval_plain = {k: v for k, v in plain(config)["eval"].items()

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hinqa_jax.files import write_atomic
 from hinqa_jax.tracking import read_metrics
 
 HEADLINE = ("bleu1", "bleu2", "bleu4", "chrf_pp", "rougeL", "qa_f1", "exact_match", "bertscore_f1")
@@ -214,7 +215,6 @@ def scores_to_tensorboard(results: dict, workdir: Path) -> list[str]:
 
 def write_report(workdir: str | os.PathLike, results: dict, provenance: dict, stage_dirs: dict[str, str],
                  comparisons: dict | None = None) -> dict:
-  from hinqa_jax.files import write_atomic
   workdir = Path(workdir)
   payload = {"results": results, "comparisons": comparisons or {}, "provenance": provenance}
   write_atomic(workdir / "results.json", json.dumps(payload, indent=2, ensure_ascii=False))

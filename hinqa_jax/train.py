@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hinqa_jax import checkpoint, hf, locks, lora, loss, model, sharding, validation
+from hinqa_jax import checkpoint, hf, locks, lora, loss, model, sharding, stages, validation
 from hinqa_jax.tracking import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -69,15 +69,37 @@ def make_optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
                      optax.adamw(1.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=t.weight_decay)), schedule
 
 
-def load_base(config, cfg: model.ModelConfig, mesh) -> model.Params:
-  """Frozen base weights, created or read already sharded (each device gets only its shard)."""
-  if config.model.hf_path:  # each process reads from disk only the slices its devices hold
+def load_base(config, cfg: model.ModelConfig, mesh, cache_dir: str | os.PathLike | None = None) -> model.Params:
+  """Frozen base weights, created or read already sharded (each device gets only its shard).
+
+  A quantized base read from HF weights is kept in cache_dir (WORKDIR/base_cache) as an Orbax checkpoint
+  keyed on every weight file, the quantization and the dtype: the stages and evaluations of a run share
+  one quantization instead of each reading and quantizing the full-precision base again."""
+  if not config.model.hf_path:
+    abstract = jax.eval_shape(model.init, cfg, jax.random.key(0))
+    shardings = sharding.tree_shardings(abstract, mesh)
+    return jax.jit(model.init, static_argnums=0, out_shardings=shardings)(cfg, jax.random.key(config.seed))
+
+  def read():  # each process reads from disk only the slices its devices hold
     return hf.load_hf(config.model.hf_path, param_dtype=cfg.param_dtype, quantize=cfg.quantize,
                       quantize_block=cfg.quantize_block,
                       sharding_of=lambda path, shape: NamedSharding(mesh, sharding.param_spec(path, shape, mesh)))[1]
-  abstract = jax.eval_shape(model.init, cfg, jax.random.key(0))
-  shardings = sharding.tree_shardings(abstract, mesh)
-  return jax.jit(model.init, static_argnums=0, out_shardings=shardings)(cfg, jax.random.key(config.seed))
+  if not (cfg.quantize and cache_dir):
+    return read()
+  key = stages.content_hash({"weights": stages.weights_digest(config.model.hf_path), "quantize": cfg.quantize,
+                             "block": cfg.quantize_block, "param_dtype": cfg.param_dtype})
+  mngr = checkpoint.manager(Path(cache_dir) / f"{cfg.quantize}-{key}", keep=1)
+  try:
+    if mngr.all_steps():
+      abstract = jax.eval_shape(model.init, cfg, jax.random.key(0))
+      target = sharding.like_tree(abstract, sharding.tree_shardings(abstract, mesh))
+      log.info("quantized base (%s) from %s", cfg.quantize, mngr.directory)
+      return checkpoint.restore(mngr, {"params": target}, what="quantized base")[0]["params"]
+    params = read()
+    checkpoint.save(mngr, 0, {"params": params}, {"hf_path": str(config.model.hf_path), "quantize": cfg.quantize})
+    return params
+  finally:
+    mngr.close()  # the save is complete on disk before the stage goes on
 
 
 # ----------------------------------------------------------------------------- the step
@@ -293,7 +315,7 @@ def _run_stage(config, stage_dir: Path, stage: str, dataset, *, init_from: str |
   meta = meta_of(config, cfg, lcfg, mode)
 
   # Shapes and shardings first, nothing allocated; then everything is created already sharded.
-  frozen = load_base(config, cfg, mesh)
+  frozen = load_base(config, cfg, mesh, cache_dir=stage_dir.parent / "base_cache")
   frozen_arg = frozen if mode == "lora" else None  # full training starts from the base weights
   fresh_state = fresh_state_fn(cfg, lcfg, mode, optimizer)
   abstract = jax.eval_shape(fresh_state, jax.random.key(0), frozen)

@@ -1,6 +1,7 @@
 """A quantized frozen base (quant.py): NF4 and int8 bit for bit against bitsandbytes' CPU backend, a LoRA
 forward on an NF4 base against transformers + peft + bitsandbytes 4-bit, sharded loading, training."""
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -196,3 +197,30 @@ def test_training_on_an_nf4_base_learns_and_sharded_equals_single_device(tmp_pat
   fresh = train.load_base(c, out["cfg"], sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1},
                                                            devices=jax.devices()[:1]))  # the base, untouched
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(out["frozen"]), jax.device_get(fresh))
+
+
+def test_a_quantized_base_is_read_and_quantized_once_per_workdir(hf_dir, tmp_path, monkeypatch):
+  """The stages of a run share WORKDIR/base_cache: the second load restores the quantized leaves (Orbax,
+  fingerprint-checked) without reading the HF weights, and a changed weight file makes a new entry."""
+  import shutil
+
+  from hinqa_jax import train
+  from train_utils import toy_config
+
+  hf_dir = Path(shutil.copytree(hf_dir, tmp_path / "hf"))
+  c = toy_config()
+  c.model.hf_path, c.model.quantize, c.model.quantize_block = str(hf_dir), "nf4", 32
+  cfg = train.model_config(c)
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 2}, devices=jax.devices()[:4])
+  first = train.load_base(c, cfg, mesh, cache_dir=tmp_path / "base_cache")
+  assert len(list((tmp_path / "base_cache").iterdir())) == 1
+  real = hf.load_hf
+  monkeypatch.setattr(hf, "load_hf", lambda *a, **k: pytest.fail("read the HF weights again"))
+  again = train.load_base(c, cfg, mesh, cache_dir=tmp_path / "base_cache")
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(again), jax.device_get(first))
+  q = again["layers"]["self_attn"]["q_proj"]["kernel_nf4"]
+  assert q.sharding == first["layers"]["self_attn"]["q_proj"]["kernel_nf4"].sharding
+  monkeypatch.setattr(hf, "load_hf", real)
+  (hf_dir / "config.json").write_text((hf_dir / "config.json").read_text() + "\n")  # another base
+  train.load_base(c, cfg, mesh, cache_dir=tmp_path / "base_cache")
+  assert len(list((tmp_path / "base_cache").iterdir())) == 2
