@@ -74,12 +74,12 @@ def main(argv):
   except ValueError as err:
     cli.fail(str(err))
   if command == "plan":
-    from hinqa_jax import pipeline, plan, targets
+    from hinqa_jax import plan, stages, targets  # not pipeline: plan runs where gen's and metrics' deps are not installed
     if not FLAGS.target:
       cli.fail(f"plan needs --target=NAME: {', '.join(targets.TARGETS)} or cpu-N (N fake CPU devices)")
     loss_cap = FLAGS.loss_cap
     if loss_cap is None and FLAGS.workdir:
-      loss_cap = pipeline.prepared_loss_cap(config, FLAGS.workdir)
+      loss_cap = stages.prepared_loss_cap(config, FLAGS.workdir)
     result = plan.plan(config, FLAGS.target, loss_cap=loss_cap)
     print(plan.report(result))
     if FLAGS.json:

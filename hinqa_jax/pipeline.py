@@ -27,16 +27,10 @@ from hinqa_jax.config import with_overrides
 from hinqa_jax.examples import build_bundled_tokenizer
 from hinqa_jax.files import file_digest, write_atomic
 from hinqa_jax.records import read_records
-from hinqa_jax.stages import cached, content_hash, plain, portable, stage_key, weights_digest
+from hinqa_jax.stages import cached, content_hash, data_key, plain, portable, stage_key, weights_digest
 from hinqa_jax.tokenizer import load_tokenizer, tokenizer_hash
 
 log = logging.getLogger(__name__)
-
-
-def data_key(config, files: tuple[str, ...]) -> str:
-  """What a packed data dir depends on: the input files' bytes, the tokenizer, the template, the length."""
-  return content_hash({"files": [file_digest(f) for f in files], "tokenizer": tokenizer_hash(config.tokenizer.path),
-                       "seq_len": config.data.seq_len, "template": config.data.template, "strict": config.data.strict})
 
 
 def prepare(config, workdir: str | os.PathLike, files: tuple[str, ...] | None = None) -> dict:
@@ -54,13 +48,6 @@ def prepare(config, workdir: str | os.PathLike, files: tuple[str, ...] | None = 
   manifest = json.loads((out / "manifest.json").read_text())
   return {"data_dir": str(out), **{k: manifest[k] for k in manifest if k in (
       "num_examples", "num_rows", "packing_efficiency", "seq_len", "tokenizer_hash", "loss_cap")}}
-
-
-def prepared_loss_cap(config, workdir: str | os.PathLike) -> int | None:
-  """The loss_cap of the config's packed training data in workdir, if `prepare` has run there."""
-  files = tuple(config.data.train) + tuple(config.data.synthetic)
-  manifest = Path(workdir) / "data" / data_key(config, files) / "manifest.json"
-  return json.loads(manifest.read_text()).get("loss_cap") if manifest.is_file() else None
 
 
 def train(config, workdir: str | os.PathLike, *, stage: str | None = None, files: tuple[str, ...] | None = None,

@@ -14,6 +14,7 @@ from typing import Any
 
 from hinqa_jax import distributed
 from hinqa_jax.files import file_digest, write_atomic
+from hinqa_jax.tokenizer import tokenizer_hash
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +90,16 @@ def cached(stage_dir: Path, key: str, fn) -> dict:
   distributed.main_only(f"done {stage_dir.name}", lambda: write_atomic(
       done, json.dumps({"key": key, "result": result}, indent=2, default=str)))
   return result
+
+
+def data_key(config, files: tuple[str, ...]) -> str:
+  """What a packed data dir depends on: the input files' bytes, the tokenizer, the template, the length."""
+  return content_hash({"files": [file_digest(f) for f in files], "tokenizer": tokenizer_hash(config.tokenizer.path),
+                       "seq_len": config.data.seq_len, "template": config.data.template, "strict": config.data.strict})
+
+
+def prepared_loss_cap(config, workdir: str | os.PathLike) -> int | None:
+  """The loss_cap of the config's packed training data in workdir, if `prepare` has run there."""
+  files = tuple(config.data.train) + tuple(config.data.synthetic)
+  manifest = Path(workdir) / "data" / data_key(config, files) / "manifest.json"
+  return json.loads(manifest.read_text()).get("loss_cap") if manifest.is_file() else None

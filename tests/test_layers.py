@@ -30,7 +30,7 @@ MAY_IMPORT_GEN = {"hinqa_jax.pipeline", "hinqa_jax.bootstrap", "hinqa_jax.__main
 # Imports inside functions that name a module of the two packages, each with the reason it stays there.
 LAZY_OK = {
     **{("hinqa_jax.__main__", f"hinqa_jax.{m}"): "after flag parsing: `--help` and flag errors come before jax loads"
-       for m in ("config", "hostmem", "pipeline", "plan", "targets", "files", "distributed")},
+       for m in ("config", "hostmem", "pipeline", "plan", "stages", "targets", "files", "distributed")},
     ("gen.__main__", "gen.__init__"): "after flag parsing, so `python -m gen --help` stays fast",
     ("gen.backends", "hinqa_jax.decode"): "the JAX teacher only: `import gen` works where JAX is not installed",
     ("gen.backends", "hinqa_jax.hf"): "the JAX teacher only: `import gen` works where JAX is not installed",
