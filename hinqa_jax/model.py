@@ -26,6 +26,7 @@ from flax import nnx
 
 from hinqa_jax import attention, quant, sharding
 from hinqa_jax.attention import ATTN_BLOCK  # noqa: F401 (the query block of the CPU path; tests read it here)
+from hinqa_jax.matmul import matmul
 
 Params = dict[str, Any]
 LLAMA3_EOS_IDS = (128001, 128008, 128009)
@@ -162,45 +163,6 @@ class RMSNorm(nnx.Module):
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return self.weight[...].astype(x.dtype) * x32.astype(x.dtype)
-
-
-@jax.custom_vjp
-def _matmul_lowp(x, w):
-  return jnp.einsum("...i,io->...o", x, w, preferred_element_type=jnp.float32).astype(x.dtype)
-
-
-def _matmul_lowp_fwd(x, w):
-  # symbolic_zeros: a frozen kernel (LoRA's base) is not perturbed, so its [I,O] gradient is never formed.
-  need_w = w.perturbed
-  x, w = x.value, w.value
-  return _matmul_lowp(x, w), (x, w, need_w)
-
-
-def _matmul_lowp_bwd(res, g):
-  x, w, need_w = res
-  dx = jnp.einsum("...o,io->...i", g, w, preferred_element_type=jnp.float32).astype(x.dtype)
-  dw = None
-  if need_w:
-    dw = jnp.einsum("...i,...o->io", x, g, preferred_element_type=jnp.float32).astype(w.dtype)
-  return dx, dw
-
-
-_matmul_lowp.defvjp(_matmul_lowp_fwd, _matmul_lowp_bwd, symbolic_zeros=True)
-
-
-def matmul(x, w):
-  """x [...,I] @ w [I,O] in x's dtype. Below float32 (bf16) it accumulates in float32 and rounds once,
-  forward and backward, as GPU and TPU matmuls do; XLA:CPU then runs its bf16 kernels instead of
-  converting every weight and activation operand to a float32 copy (about 1 GB of temporaries per
-  8B layer).
-
-  float32 (what XLA:CPU trains in) is a plain matmul over the tokens flattened to one axis: with [B,T,I]
-  operands XLA:CPU lays a weight gradient's dot out as [O, B*T] and transposes every [B,T,O] output
-  gradient to get there (a third of a CPU LoRA step: 388 -> 531 tok/s on layer34m, same losses). The
-  low-precision path keeps its batch axes: flattened, the 8B bf16 plan's temporaries grew (1.89 -> 2.12 GB)."""
-  if x.dtype == jnp.float32:
-    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
-  return _matmul_lowp(x, w)
 
 
 class Proj(nnx.Module):

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hinqa_jax.matmul import matmul
+
 MODES = ("", "int8", "nf4")
 # QLoRA's NormalFloat4 code book (bitsandbytes `get_4bit_type("nf4")`, QLoRA paper appendix E).
 NF4_CODE = np.array([
@@ -155,21 +157,13 @@ def _kernel(codes, absmax, dtype):
   return dequantize(leaves, dtype)
 
 
-def _dot(x, w_io):
-  """x [.., I] @ w [I, O] as model.matmul does it: float32 over the tokens flattened to one axis (XLA:CPU's
-  fast layout), lower precision with float32 accumulation and one rounding."""
-  if x.dtype == jnp.float32:
-    return (x.reshape(-1, x.shape[-1]) @ w_io).reshape(*x.shape[:-1], w_io.shape[-1])
-  return jnp.einsum("...i,io->...o", x, w_io, preferred_element_type=jnp.float32).astype(x.dtype)
-
-
 def _qmatmul_fwd(x, codes, absmax):
-  return _dot(x, _kernel(codes, absmax, x.dtype)), (codes, absmax, jnp.zeros((0,), x.dtype))
+  return matmul(x, _kernel(codes, absmax, x.dtype)), (codes, absmax, jnp.zeros((0,), x.dtype))
 
 
 def _qmatmul_bwd(res, g):
   codes, absmax, like = res
-  return _dot(g, _kernel(codes, absmax, like.dtype).T), None, None
+  return matmul(g, _kernel(codes, absmax, like.dtype).T), None, None
 
 
 qmatmul.defvjp(_qmatmul_fwd, _qmatmul_bwd)

@@ -18,7 +18,7 @@ PACKAGES = ("hinqa_jax", "gen")
 
 LAYERS = {
     0: "files config cli tokenizer sharding distributed locks hostmem tracking",
-    1: "attention quant model lora loss hf checkpoint",
+    1: "attention matmul quant model lora loss hf checkpoint",
     2: "records examples packing decode metrics significance",
     3: "train validation evaluate plan hlo targets uncertainty report stages",
     4: "pipeline bootstrap __main__ __init__",
