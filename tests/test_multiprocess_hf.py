@@ -106,3 +106,58 @@ def test_two_processes_each_read_about_their_shard(tmp_path):
     # About the shard, never the whole model (the old read-everything import held all of it plus the shard).
     # Measured alone (pytest mark): 0.64-0.69x, also beside a CPU hog; with another test beside it, 0.76x once.
     assert growth < 0.75 * model_bytes, (growth, model_bytes)
+
+
+# Run in each process: the NF4 import over fsdp x tensor across both processes, each shard checked against
+# quant.quantize of the whole kernel from the file; then train.load_base's workdir cache written by both
+# processes together and restored by both (the second load must not read the HF weights).
+_QUANT_WORKER = r'''
+import os, sys
+from hinqa_jax import distributed, hf, quant, sharding, train
+distributed.initialize()
+import jax, numpy as np
+from safetensors import safe_open
+from train_utils import toy_config
+
+src, out = sys.argv[1], sys.argv[2]
+c = toy_config()
+c.model.hf_path, c.model.quantize, c.model.quantize_block = src, "nf4", 32
+mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 2})
+cfg = train.model_config(c)
+params = train.load_base(c, cfg, mesh, cache_dir=out)
+with safe_open(os.path.join(src, "model.safetensors"), "numpy") as st:
+  checked = 0
+  for group, name in (("self_attn", "q_proj"), ("mlp", "down_proj")):
+    want = quant.quantize(st.get_tensor(f"model.layers.1.{group}.{name}.weight").T, "nf4", 32)
+    for leaf, arr in params["layers"][group][name].items():
+      assert any(arr.sharding.spec), arr.sharding
+      for s in arr.addressable_shards:
+        np.testing.assert_array_equal(np.asarray(s.data)[1], np.asarray(want[leaf])[s.index[1:]])
+        checked += 1
+assert checked >= 8, checked
+hf.load_hf = lambda *a, **k: sys.exit("read the HF weights again")
+again = train.load_base(c, cfg, mesh, cache_dir=out)
+for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+  assert a.sharding == b.sharding
+  for x, y in zip(a.addressable_shards, b.addressable_shards):
+    np.testing.assert_array_equal(np.asarray(x.data), np.asarray(y.data))
+print("ok", jax.process_index(), checked)
+'''
+
+
+def test_two_processes_load_an_nf4_base_sharded_and_share_its_workdir_cache(tmp_path):
+  src = tmp_path / "model"
+  _write_model(src, vocab_size=256, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=256, head_dim=32)
+  (tmp_path / "worker.py").write_text(_QUANT_WORKER)
+  port = _free_port()
+  procs = []
+  for i in range(2):
+    env = {**os.environ, "HINQA_COORDINATOR": f"127.0.0.1:{port}", "HINQA_NUM_PROCESSES": "2",
+           "HINQA_PROCESS_ID": str(i), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    procs.append(subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(src), str(tmp_path / "cache")],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+  assert all(f"ok {i} " in outs[i] for i in range(2))
+  assert len(list((tmp_path / "cache").iterdir())) == 1  # one entry, written by both processes together
