@@ -67,6 +67,22 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _two_processes(worker: str, tmp_path: Path, *args) -> list[str]:
+  """worker (a script's text) on 2 processes x 2 CPU devices joined by jax.distributed; their outputs."""
+  (tmp_path / "worker.py").write_text(worker)
+  port = _free_port()
+  procs = []
+  for i in range(2):
+    env = {**os.environ, "HINQA_COORDINATOR": f"127.0.0.1:{port}", "HINQA_NUM_PROCESSES": "2",
+           "HINQA_PROCESS_ID": str(i), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    procs.append(subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), *map(str, args)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+  return outs
+
+
 def _write_model(path: Path, **shape) -> int:
   """A random float32 LLaMA in one safetensors file; returns its weight bytes."""
   cfg = model.ModelConfig.preset("tiny", tie_embeddings=False, **shape)
@@ -85,17 +101,7 @@ def test_two_processes_each_read_about_their_shard(tmp_path):
                              head_dim=128)
   assert model_bytes > 300e6
   _write_model(tmp_path / "warm-up")  # the tiny preset
-  (tmp_path / "worker.py").write_text(_WORKER)
-  port = _free_port()
-  procs = []
-  for i in range(2):
-    env = {**os.environ, "HINQA_COORDINATOR": f"127.0.0.1:{port}", "HINQA_NUM_PROCESSES": "2",
-           "HINQA_PROCESS_ID": str(i), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "PYTHONPATH": str(REPO)}
-    procs.append(subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(src), str(tmp_path)], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  outs = [p.communicate(timeout=300)[0] for p in procs]
-  assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+  _two_processes(_WORKER, tmp_path, src, tmp_path)
   for i in range(2):
     r = json.loads((tmp_path / f"rss-{i}.json").read_text())
     growth = r["peak"] - r["before"]
@@ -148,16 +154,6 @@ print("ok", jax.process_index(), checked)
 def test_two_processes_load_an_nf4_base_sharded_and_share_its_workdir_cache(tmp_path):
   src = tmp_path / "model"
   _write_model(src, vocab_size=256, dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=256, head_dim=32)
-  (tmp_path / "worker.py").write_text(_QUANT_WORKER)
-  port = _free_port()
-  procs = []
-  for i in range(2):
-    env = {**os.environ, "HINQA_COORDINATOR": f"127.0.0.1:{port}", "HINQA_NUM_PROCESSES": "2",
-           "HINQA_PROCESS_ID": str(i), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    procs.append(subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(src), str(tmp_path / "cache")],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  outs = [p.communicate(timeout=300)[0] for p in procs]
-  assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+  outs = _two_processes(_QUANT_WORKER, tmp_path, src, tmp_path / "cache")
   assert all(f"ok {i} " in outs[i] for i in range(2))
   assert len(list((tmp_path / "cache").iterdir())) == 1  # one entry, written by both processes together
