@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import MODELS, best_time, bench_models, machine  # noqa: E402
-from hinqa_jax import decode, loss, model  # noqa: E402
+from hinqa_jax import cpu_tuning, decode, model  # noqa: E402
 
 
 def prefill_flops_per_token(cfg, n: int) -> float:
@@ -52,7 +52,7 @@ def projections_seconds(cfg, params, batch: int, reps: int = 30) -> tuple[float,
   """(best time, weight bytes read) of one decode step's projections alone: per layer q, k, v, o, gate,
   up, down on [batch, D] (residual adds and SiLU between them, no norms, RoPE or attention), then the head."""
   layers = decode.split_layers(params["layers"])  # outside the jit: no slicing copies inside it
-  head = loss.head_kernel(cfg, params, jnp.float32)
+  head = model.head_kernel(cfg, params, jnp.float32)
   names = (("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
            ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj"))
   weights = [[layer[g][n]["kernel"] for g, n in names] for layer in layers]
@@ -66,7 +66,7 @@ def projections_seconds(cfg, params, batch: int, reps: int = 30) -> tuple[float,
       x = x + (jax.nn.silu(x @ wg) * (x @ wu)) @ wd
     return x @ head, kv
 
-  f = jax.jit(step, compiler_options=decode.CPU_DECODE_OPTIONS if jax.default_backend() == "cpu" else None)
+  f = jax.jit(step, compiler_options=cpu_tuning.decode_compiler_options(jax.default_backend()))
   x = jnp.ones((batch, cfg.dim), jnp.float32)
   jax.block_until_ready(f(weights, head, x))
   best = float("inf")

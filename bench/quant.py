@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hinqa_jax import hostmem  # noqa: E402
+from hinqa_jax import cpu_tuning  # noqa: E402
 
-hostmem.keep_freed_memory()
+cpu_tuning.keep_freed_memory()
 
 import jax  # noqa: E402
 import torch  # noqa: E402

@@ -73,6 +73,9 @@ def _cli_row(c: dict) -> tuple[str, ...]:
           f"{c['ours_tok_s'] / c['peft_tok_s']:.2f}x", "", f"{float(c['load_ours']):.1f} / {float(c['load_peft']):.1f}")
 
 
+KEPT = "## XLA:CPU choices"  # a section of RESULTS.md written by hand, kept when the table is rewritten
+
+
 def write(rows: list[tuple[str, ...]], path: Path = OUT) -> str:
   lines = [
       "# Benchmarks",
@@ -85,7 +88,7 @@ def write(rows: list[tuple[str, ...]], path: Path = OUT) -> str:
       " our time. MFU = analytic model FLOPs (bench/train.py) / step time / the float32 matmul peak measured in the same run.",
       "load = the 1-minute load average before the bench (2 cores; the benches themselves keep ~2 threads busy, so up to",
       " ~2 is a quiet machine; above it the machine is shared, and torch suffers from sharing more than XLA).",
-      "malloc as in the CLI (hinqa_jax/hostmem.py): the train rows keep freed memory for reuse, as `train` and `run` do,",
+      "malloc as in the CLI (hinqa_jax/cpu_tuning.py): the train rows keep freed memory for reuse, as `train` and `run` do,",
       " in both sides' shared process; decode and prefill run in their own process with glibc's defaults, as `evaluate` does.",
       "",
       "| bench | model | ours | peer | ratio | MFU | load |",
@@ -93,13 +96,15 @@ def write(rows: list[tuple[str, ...]], path: Path = OUT) -> str:
   ]
   lines += ["| " + " | ".join(r) + " |" for r in rows]
   text = "\n".join(lines) + "\n"
+  if path.exists() and KEPT in path.read_text():  # the hand-kept record of the XLA:CPU choices stays
+    text += "\n" + path.read_text()[path.read_text().index(KEPT):]
   path.write_text(text)
   return text
 
 
 def _decode(*args: str) -> dict:
   """bench/decode.py in its own process: glibc's default malloc, as `python -m hinqa_jax evaluate` runs
-  (this process has hostmem's setting for the train benches, which slows decoding; hostmem.py)."""
+  (this process has cpu_tuning's malloc setting for the train benches, which slows decoding; cpu_tuning.py)."""
   out = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "decode.py"), *args],
                        capture_output=True, text=True, check=True)
   print(out.stdout, end="")

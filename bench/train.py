@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hinqa_jax import hostmem  # noqa: E402
+from hinqa_jax import cpu_tuning  # noqa: E402
 
-hostmem.keep_freed_memory()  # as `python -m hinqa_jax train` does; before jax and torch start threads (both sides share it)
+cpu_tuning.keep_freed_memory()  # as `python -m hinqa_jax train` does; before jax and torch start threads (both sides share it)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hinqa_jax import hostmem  # noqa: E402
+from hinqa_jax import cpu_tuning  # noqa: E402
 
-hostmem.keep_freed_memory()  # as `python -m hinqa_jax train` does; before jax and torch start threads (both sides share it)
+cpu_tuning.keep_freed_memory()  # as `python -m hinqa_jax train` does; before jax and torch start threads (both sides share it)
 
 import numpy as np  # noqa: E402
 

@@ -63,9 +63,9 @@ def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     cli.fail(f"usage: python -m hinqa_jax {{{'|'.join(COMMANDS)}}} --config=... --workdir=... (COMMAND --help: its keys)")
   command, config = argv[1], FLAGS.config
-  if command in ("train", "run"):  # before jax starts its threads (hostmem.py: training steps only)
-    from hinqa_jax import hostmem
-    hostmem.keep_freed_memory()
+  if command in ("train", "run"):  # before jax starts its threads (cpu_tuning.py: training steps only)
+    from hinqa_jax import cpu_tuning
+    cpu_tuning.keep_freed_memory()
   if config is None:
     cli.fail("--config is required")
   from hinqa_jax.config import check

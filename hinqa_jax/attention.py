@@ -12,12 +12,14 @@ token attends to. Query head h reads kv head h // G (grouped-query attention, H 
 - TPU: Pallas splash attention (causal mask, segment ids), per batch row; under a mesh, inside
   `shard_map` over the batch axes (a Pallas call cannot be partitioned by the compiler).
 - CPU (and anything else): XLA, by query blocks of ATTN_BLOCK, so the masked upper triangle is skipped.
+Decoding attends over a KV cache instead (`cached_attention`, one XLA softmax over the cache as stored).
 Both kernels run on CPU in Pallas interpret mode for the value tests (`interpret=True`); the AOT suite
 (tests/aot, `make aot`) compiles them with the real TPU and GPU compilers.
 """
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +39,35 @@ def default_impl(platform_name: str) -> str:
   (sharding.platform), which is not the process's backend when compiling ahead of time for a TPU slice
   or a GPU node (`plan --target`)."""
   return {"gpu": "triton", "cuda": "triton", "tpu": "splash"}.get(platform_name, "xla")
+
+
+class KVCache(NamedTuple):
+  """One layer's KV cache as a decoding forward reads it: keys and values [B,K,S,E] (S slots), the slot
+  this chunk's first token goes to, and which slots each of the chunk's tokens sees [B,T,S]."""
+  k: jax.Array
+  v: jax.Array
+  index: jax.Array
+  mask_bts: jax.Array
+
+
+def cached_attention(q_btkge, k_bske, v_bske, cache: KVCache):
+  """Attention output [B,T,H*E] of a chunk that follows what the cache holds, and the layer's new
+  {"k", "v"}: the chunk's keys/values written into the cache in place at cache.index, then one softmax
+  over the cache as stored (no slice or concatenated copy)."""
+  at = (0, 0, cache.index, 0)
+  k_cache = jax.lax.dynamic_update_slice(cache.k, jnp.swapaxes(k_bske, 1, 2).astype(cache.k.dtype), at)
+  v_cache = jax.lax.dynamic_update_slice(cache.v, jnp.swapaxes(v_bske, 1, 2).astype(cache.v.dtype), at)
+  dt = q_btkge.dtype
+  scale = 1.0 / np.sqrt(q_btkge.shape[-1])
+  s = jnp.einsum("btkge,bkse->bkgts", q_btkge, k_cache.astype(dt), preferred_element_type=jnp.float32) * scale
+  s = jnp.where(cache.mask_bts[:, None, None], s, jnp.finfo(jnp.float32).min)
+  p = jax.nn.softmax(s, axis=-1).astype(dt)
+  # [B,K,G*T,S] @ [B,K,S,E], probabilities on the left: written as one einsum, XLA:CPU put the cache
+  # on the left, contracted over its non-minor S axis (a strided library dot).
+  b, k, g, t, s_len = p.shape
+  out = jnp.matmul(p.reshape(b, k, g * t, s_len), v_cache.astype(dt)).reshape(b, k, g, t, -1)
+  out = jnp.transpose(out, (0, 3, 1, 2, 4))  # [B,T,K,G,E]
+  return out.reshape(*out.shape[:2], -1), {"k": k_cache, "v": v_cache}
 
 
 def segment_mask(q_segment_bt, k_segment_bs):

@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hinqa_jax import attention, distributed, model as model_lib, sharding
+from hinqa_jax import attention, cpu_tuning, distributed, model as model_lib, sharding
 from hinqa_jax.model import ModelConfig, Params
 
 
@@ -68,26 +68,6 @@ def split_layers(tree):
   return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(n)]
 
 
-def cached_attention(q_btkge, k_bske, v_bske, cache, ctx):
-  """A layer's attention in decoding (model.Block calls it through ctx): this chunk's keys/values written
-  into the layer's cache [B,K,S,E] in place at ctx["cache_index"], then one softmax over the cache as
-  stored (no slice or concatenated copy)."""
-  at = (0, 0, ctx["cache_index"], 0)
-  k_cache = jax.lax.dynamic_update_slice(cache["k"], jnp.swapaxes(k_bske, 1, 2).astype(cache["k"].dtype), at)
-  v_cache = jax.lax.dynamic_update_slice(cache["v"], jnp.swapaxes(v_bske, 1, 2).astype(cache["v"].dtype), at)
-  dt = q_btkge.dtype
-  scale = 1.0 / np.sqrt(q_btkge.shape[-1])
-  s = jnp.einsum("btkge,bkse->bkgts", q_btkge, k_cache.astype(dt), preferred_element_type=jnp.float32) * scale
-  s = jnp.where(ctx["mask_cache_bts"][:, None, None], s, jnp.finfo(jnp.float32).min)
-  p = jax.nn.softmax(s, axis=-1).astype(dt)
-  # [B,K,G*T,S] @ [B,K,S,E], probabilities on the left: written as one einsum, XLA:CPU put the cache
-  # on the left, contracted over its non-minor S axis (a strided library dot, ~0.7 ms per layer-step).
-  b, k, g, t, s_len = p.shape
-  out = jnp.matmul(p.reshape(b, k, g * t, s_len), v_cache.astype(dt)).reshape(b, k, g, t, -1)
-  out = jnp.transpose(out, (0, 3, 1, 2, 4))  # [B,T,K,G,E]
-  return out.reshape(*out.shape[:2], -1), {"k": k_cache, "v": v_cache}
-
-
 def forward_cached(cfg: ModelConfig, params: Params, layers: list, layer_adapters: list | None, tokens_bt,
                    positions_bt, caches: list, cache_segments_bs, cache_index, *, lora_cfg=None):
   """Hidden states [B,T,D] of a chunk that follows what the caches hold, and the caches with it written.
@@ -97,21 +77,19 @@ def forward_cached(cfg: ModelConfig, params: Params, layers: list, layer_adapter
   (0 = empty or padding); the chunk's tokens go to slots cache_index.. and see slots up to their own.
   """
   b, t = tokens_bt.shape
-  ctx = model_lib.context(cfg, b, t, None, positions_bt, None)
+  shared = model_lib.shared_inputs(cfg, b, t, None, positions_bt, None)
   slots_s = jnp.arange(cache_segments_bs.shape[1])
   q_slot_bt = cache_index + jnp.arange(t)[None, :]
   q_segments_bt = jax.lax.dynamic_slice_in_dim(cache_segments_bs, cache_index, t, axis=1)
-  ctx["cache_index"] = cache_index
-  ctx["cached_attention"] = cached_attention
-  ctx["mask_cache_bts"] = (attention.segment_mask(q_segments_bt, cache_segments_bs)
-                           & (slots_s[None, None, :] <= q_slot_bt[:, :, None]))
+  mask_bts = attention.segment_mask(q_segments_bt, cache_segments_bs) & (slots_s[None, None, :] <= q_slot_bt[:, :, None])
   x = params["embed_tokens"]["embedding"].astype(jnp.dtype(cfg.dtype))[tokens_bt]
   graphdef = model_lib.block_graphdef(cfg)
   scale = lora_cfg.scale if lora_cfg is not None else 1.0
   new_caches = []
   for i, (p, cache) in enumerate(zip(layers, caches)):
     ad = layer_adapters[i] if layer_adapters is not None else None
-    x, kv = nnx.merge(graphdef, p)(cfg, x, ctx, ad, (scale, 0.0, None), cache)
+    x, kv = nnx.merge(graphdef, p)(cfg, x, shared, ad, (scale, 0.0, None),
+                                   attention.KVCache(cache["k"], cache["v"], cache_index, mask_bts))
     new_caches.append(kv)
   return model_lib.final_norm(cfg, params, x), new_caches
 
@@ -187,17 +165,13 @@ def _generate_impl(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segm
 _JIT = dict(static_argnames=("cfg", "lora_cfg", "max_new_tokens", "temperature", "top_k", "top_p", "mesh", "platform"),
             donate_argnames=("cache",))
 _generate = jax.jit(_generate_impl, **_JIT)
-# On CPU, decoding compiles with XLA's YNNPACK dot fusions off (XLA's own dot emitter instead): a decode
-# step is ~60 [8,D] x [D,O] products that only stream weights, and there the library path was 15-20%
-# slower per step (bench/decode.py, layer34m and bench30m, same-process A/B on a 2-core EPYC). Training
-# keeps the default: its large matmuls are faster with YNNPACK.
-CPU_DECODE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-_generate_cpu = jax.jit(_generate_impl, compiler_options=CPU_DECODE_OPTIONS, **_JIT)
+_generate_cpu = jax.jit(_generate_impl, compiler_options=cpu_tuning.DECODE_OPTIONS, **_JIT)
 
 
 def generate_fn(platform: str = "tpu"):
-  """The jitted generate for a platform ("cpu", "gpu", "tpu"; `plan` lowers it on abstract shapes)."""
-  return _generate_cpu if platform == "cpu" else _generate
+  """The jitted generate for a platform ("cpu", "gpu", "tpu"; `plan` lowers it on abstract shapes), with
+  cpu_tuning's compiler options where they apply."""
+  return _generate_cpu if cpu_tuning.decode_compiler_options(platform) else _generate
 
 
 def _on_mesh(mesh, cfg: ModelConfig, tokens_bp: np.ndarray, segment_bp: np.ndarray, slots: int):

@@ -14,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from hinqa_jax.model import ModelConfig, Params
+from hinqa_jax.model import ModelConfig, Params, head_kernel
 
 # Elements of one chunk's [B,C,V] float32 logits over the whole (global) batch: 256 Mi = 1 GiB, so at
 # 8B (B=8, V=128,256) chunks are 256 positions; a CPU bench model (B=4, V=32,000) runs in one chunk.
@@ -27,13 +27,6 @@ def chunk_len(batch: int, seq_len: int, vocab: int, budget: int = CHUNK_ELEMENTS
   while c * 2 <= seq_len and batch * c * 2 * vocab <= budget:
     c *= 2
   return seq_len if c * 2 > seq_len and batch * seq_len * vocab <= budget else c
-
-
-def head_kernel(cfg: ModelConfig, params: Params, dtype) -> jax.Array:
-  """The output head [D,V] in the compute dtype: tied to the embedding or a separate `lm_head`."""
-  if cfg.tie_embeddings:
-    return params["embed_tokens"]["embedding"].astype(dtype).T
-  return params["lm_head"]["kernel"].astype(dtype)
 
 
 def _chunk_nll(x_bcd, w_dv, labels_bc, weights_bc):

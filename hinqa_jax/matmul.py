@@ -1,6 +1,5 @@
 """The projections' product x [..., I] @ w [I, O], one policy for the model's kernels and quant.py's
-dequantized ones: below float32 it accumulates in float32 and rounds once (forward and backward);
-float32 flattens the tokens to one axis (XLA:CPU's fast layout)."""
+dequantized ones: below float32 it accumulates in float32 and rounds once (forward and backward)."""
 from __future__ import annotations
 
 import jax
@@ -35,12 +34,7 @@ def matmul(x, w):
   """x [...,I] @ w [I,O] in x's dtype. Below float32 (bf16) it accumulates in float32 and rounds once,
   forward and backward, as GPU and TPU matmuls do; XLA:CPU then runs its bf16 kernels instead of
   converting every weight and activation operand to a float32 copy (about 1 GB of temporaries per
-  8B layer).
-
-  float32 (what XLA:CPU trains in) is a plain matmul over the tokens flattened to one axis: with [B,T,I]
-  operands XLA:CPU lays a weight gradient's dot out as [O, B*T] and transposes every [B,T,O] output
-  gradient to get there (a third of a CPU LoRA step: 388 -> 531 tok/s on layer34m, same losses). The
-  low-precision path keeps its batch axes: flattened, the 8B bf16 plan's temporaries grew (1.89 -> 2.12 GB)."""
+  8B layer). float32 is a plain matmul. (Whether x's tokens come flattened is cpu_tuning's choice.)"""
   if x.dtype == jnp.float32:
-    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+    return x @ w
   return _matmul_lowp(x, w)

@@ -3,8 +3,9 @@
 NNX modules declare the parameters and hold the math of one layer; the public functions below take
 and return plain pytrees (nested dicts of arrays), so `jax.jit`, sharding and Orbax see ordinary
 pytrees. The L decoder layers are stacked on a leading axis and run with `jax.lax.scan` (or unrolled,
-`layer_loop`). Decoding with a KV cache (decode.py) builds its forward from the same Block, `context`,
-`block_graphdef` and `final_norm`.
+`layer_loop`). Decoding with a KV cache (decode.py) builds its forward from the same Block, `shared_inputs`,
+`block_graphdef` and `final_norm`; a layer reads its cache through attention.KVCache. What XLA:CPU needs to
+run fast is decided in cpu_tuning.py, which the forward consults (flattened tokens, the layer loop).
 
 Parameter paths mirror Hugging Face names (`layers/self_attn/q_proj/kernel` is HF
 `model.layers.{i}.self_attn.q_proj.weight`, transposed), so hf.py is a table, not a translation.
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hinqa_jax import attention, quant, sharding
+from hinqa_jax import attention, cpu_tuning, quant, sharding
 from hinqa_jax.attention import ATTN_BLOCK  # noqa: F401 (the query block of the CPU path; tests read it here)
 from hinqa_jax.matmul import matmul
 
@@ -58,10 +59,8 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype of matmuls; norms, softmax and logits stay float32
   param_dtype: str = "float32"  # storage dtype of the frozen base weights
   remat: str = "none"  # none | full | dots: what each scanned layer saves for the backward pass
-  # scan | unroll | auto: the layer loop of forward_hidden. Unrolled, XLA:CPU keeps each layer's residuals
-  # apart instead of in stacked [L,...] buffers (3-9% faster LoRA steps, 30-40% longer compiles); a prefill
-  # keeps no residuals and was 4-13% faster scanned. auto: unrolled on CPU except for a prefill; scanned
-  # on accelerators (one compiled layer, as MaxText's scan_layers).
+  # scan | unroll | auto: the layer loop of forward_hidden. auto: cpu_tuning.unroll_layers (unrolled on
+  # XLA:CPU except for a prefill; scanned on accelerators, one compiled layer, as MaxText's scan_layers).
   layer_loop: str = "auto"
   # "" | int8 | nf4: storage of the frozen projection kernels (quant.py), dequantized inside each layer;
   # embeddings, norms and the head stay in param_dtype. quantize_block: NF4's inputs per absmax.
@@ -103,10 +102,10 @@ PRESETS = {
                         max_seq_len=2048, rope_original_max_pos=256, tie_embeddings=True),
     "small": ModelConfig(vocab_size=4096, dim=256, n_layers=4, n_heads=8, n_kv_heads=2, ffn_dim=768,
                          max_seq_len=2048, rope_original_max_pos=1024, tie_embeddings=True),
-    # The CPU demo's model, pretrained from scratch in a few minutes (about 1.5M parameters at vocab 4096).
+    # The CPU demo's model, pretrained from scratch in a few minutes (1.31M parameters at vocab 4096).
     "demo": ModelConfig(vocab_size=4096, dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=384,
                         max_seq_len=2048, rope_original_max_pos=512, tie_embeddings=True),
-    # About 30M parameters: the benchmark model.
+    # A CPU benchmark model (37.2M parameters, a third of them in the head; bench/common.py).
     "bench30m": ModelConfig(vocab_size=32000, dim=384, n_layers=8, n_heads=6, n_kv_heads=2, ffn_dim=1024,
                             max_seq_len=2048, rope_original_max_pos=1024, tie_embeddings=False),
 }
@@ -224,7 +223,10 @@ class Block(nnx.Module):
     self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.rms_eps, pd)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, cfg: ModelConfig, x_btd, ctx: dict, adapters: dict | None, lora: tuple, cache: dict | None):
+  def __call__(self, cfg: ModelConfig, x_btd, shared: "Shared", adapters: dict | None, lora: tuple,
+               cache: attention.KVCache | None = None):
+    """(x_btd after the layer, this chunk's {"k", "v"}: the cache written with them when decoding, the
+    keys and values themselves when shared.return_kv, else None)."""
     scale, dropout, rng = lora
     ad = adapters or {}
     rngs = list(jax.random.split(rng, 7)) if rng is not None else [None] * 7
@@ -232,30 +234,32 @@ class Block(nnx.Module):
     def proj(module, group, name, x, i):
       return module(x, ad.get(group, {}).get(name), scale, dropout, rngs[i])
 
-    b, t, _ = x_btd.shape
+    b, t, d = x_btd.shape
     k_heads, e = cfg.n_kv_heads, cfg.head_dim
     g = cfg.n_heads // k_heads
-    h = self.input_layernorm(x_btd)
+    # The projections' operands: [B*T,...] where cpu_tuning.flat_tokens chose it, else [B,T,...].
+    tokens = (lambda a: a.reshape(b * t, a.shape[-1])) if shared.flat_tokens else (lambda a: a)  # noqa: E731
+    h = tokens(self.input_layernorm(x_btd))
     attn = self.self_attn
     q = proj(attn.q_proj, "self_attn", "q_proj", h, 0).reshape(b, t, cfg.n_heads, e)
     k = proj(attn.k_proj, "self_attn", "k_proj", h, 1).reshape(b, t, k_heads, e)
     v = proj(attn.v_proj, "self_attn", "v_proj", h, 2).reshape(b, t, k_heads, e)
-    q = apply_rope(q, ctx["rope"])
-    k = apply_rope(k, ctx["rope"])
+    q = apply_rope(q, shared.rope)
+    k = apply_rope(k, shared.rope)
     if cache is None:  # training and prefill: the backend's fused/blocked kernel over this chunk only
-      out = attention.causal_attention(q, k, v, ctx["segment_ids"], impl=ctx["attn_impl"], mesh=ctx["mesh"],
+      out = attention.causal_attention(q, k, v, shared.segment_ids, impl=shared.attn_impl, mesh=shared.mesh,
                                        remat_blocks=cfg.remat != "none")
-      new_kv = {"k": k, "v": v} if ctx["want_kv"] else None
-    else:  # decoding: decode.cached_attention, given in ctx
-      out, new_kv = ctx["cached_attention"](q.reshape(b, t, k_heads, g, e), k, v, cache, ctx)
-    out = out.reshape(b, t, cfg.n_heads * e)
-    x_btd = x_btd + proj(attn.o_proj, "self_attn", "o_proj", out, 3)
+      new_kv = {"k": k, "v": v} if shared.return_kv else None
+    else:  # decoding: over the layer's cache, this chunk written into it
+      out, new_kv = attention.cached_attention(q.reshape(b, t, k_heads, g, e), k, v, cache)
+    out = tokens(out.reshape(b, t, cfg.n_heads * e))
+    x_btd = x_btd + proj(attn.o_proj, "self_attn", "o_proj", out, 3).reshape(b, t, d)
 
-    h = self.post_attention_layernorm(x_btd)
+    h = tokens(self.post_attention_layernorm(x_btd))
     mlp = self.mlp
     gate = proj(mlp.gate_proj, "mlp", "gate_proj", h, 4)
     up = proj(mlp.up_proj, "mlp", "up_proj", h, 5)
-    x_btd = x_btd + proj(mlp.down_proj, "mlp", "down_proj", jax.nn.silu(gate) * up, 6)
+    x_btd = x_btd + proj(mlp.down_proj, "mlp", "down_proj", jax.nn.silu(gate) * up, 6).reshape(b, t, d)
     return x_btd, new_kv
 
 
@@ -294,10 +298,22 @@ _REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
                    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-def context(cfg: ModelConfig, b: int, t: int, segment_ids, positions, activation_sharding, platform: str | None = None):
-  """What every layer of one forward shares: RoPE tables, segment ids, the mesh, the attention kernel
-  (that of the mesh's devices, else of `platform`, else of the default backend). A cached forward adds
-  "cached_attention" (decode.cached_attention), "cache_index" and "mask_cache_bts"."""
+@dataclasses.dataclass(frozen=True)
+class Shared:
+  """What every layer of one forward shares (traced arrays and static choices; never crosses a jit)."""
+  rope: tuple  # (cos, sin) [B,T,1,E]
+  segment_ids: jax.Array  # [B,T]
+  mesh: Any  # the activations' mesh, or None
+  platform: str  # the devices compiled for: "cpu", "gpu", "tpu"
+  attn_impl: str  # attention.causal_attention's kernel
+  flat_tokens: bool  # cpu_tuning.flat_tokens: projections over [B*T,D]
+  return_kv: bool = False  # a prefill: each layer returns its keys and values
+
+
+def shared_inputs(cfg: ModelConfig, b: int, t: int, segment_ids, positions, activation_sharding,
+                  platform: str | None = None, return_kv: bool = False) -> Shared:
+  """The Shared of one forward: RoPE tables, segment ids, the mesh, the attention kernel (that of the
+  mesh's devices, else of `platform`, else of the default backend) and the CPU choices."""
   if segment_ids is None:
     segment_ids = jnp.ones((b, t), jnp.int32)
   if positions is None:
@@ -305,8 +321,8 @@ def context(cfg: ModelConfig, b: int, t: int, segment_ids, positions, activation
   mesh = activation_sharding.mesh if activation_sharding is not None else None
   rope = rope_tables(positions, rope_inv_freq(cfg), _dtype(cfg.dtype))
   platform = sharding.platform(mesh, platform)
-  return {"rope": rope, "segment_ids": segment_ids, "mesh": mesh, "want_kv": False, "platform": platform,
-          "attn_impl": attention.default_impl(platform)}
+  return Shared(rope, segment_ids, mesh, platform, attention.default_impl(platform),
+                cpu_tuning.flat_tokens(platform, cfg.dtype), return_kv)
 
 
 def _lora_settings(cfg: ModelConfig, lora_cfg, dropout_rng):
@@ -324,8 +340,7 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens_bt, *, segment_ids=N
   platform: the devices compiled for, when no activation_sharding names them (default: the backend's)."""
   b, t = tokens_bt.shape
   dt = _dtype(cfg.dtype)
-  ctx = context(cfg, b, t, segment_ids, positions, activation_sharding, platform)
-  ctx["want_kv"] = return_kv
+  shared = shared_inputs(cfg, b, t, segment_ids, positions, activation_sharding, platform, return_kv)
   x = params["embed_tokens"]["embedding"].astype(dt)[tokens_bt]
   graphdef = block_graphdef(cfg)
   scale, dropout, layer_rngs = _lora_settings(cfg, lora_cfg, dropout_rng)
@@ -336,20 +351,14 @@ def forward_hidden(cfg: ModelConfig, params: Params, tokens_bt, *, segment_ids=N
     if activation_sharding is not None:
       x_btd = jax.lax.with_sharding_constraint(x_btd, activation_sharding)
     block = nnx.merge(graphdef, p)
-    return block(cfg, x_btd, ctx, ad, (scale, dropout, rng), None)
+    return block(cfg, x_btd, shared, ad, (scale, dropout, rng))
 
   if cfg.remat != "none":
     body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
   x, kv = jax.lax.scan(body, x, (params["layers"], layer_adapters, layer_rngs),
-                       unroll=_unrolled(cfg, ctx["platform"], prefill=return_kv))
+                       unroll=cpu_tuning.unroll_layers(cfg.layer_loop, shared.platform, prefill=return_kv))
   x = final_norm(cfg, params, x)
   return (x, kv) if return_kv else x
-
-
-def _unrolled(cfg: ModelConfig, platform: str, prefill: bool = False) -> bool:
-  if cfg.layer_loop != "auto":
-    return cfg.layer_loop == "unroll"
-  return not prefill and platform == "cpu"
 
 
 def final_norm(cfg: ModelConfig, params: Params, x_btd):
@@ -357,13 +366,16 @@ def final_norm(cfg: ModelConfig, params: Params, x_btd):
   return nnx.merge(nnx.graphdef(RMSNorm(1, cfg.rms_eps, jnp.float32)), params["norm"])(x_btd)
 
 
-def logits_from_hidden(cfg: ModelConfig, params: Params, x_btd):
-  """Output head in float32: tied to the embedding or a separate `lm_head`."""
+def head_kernel(cfg: ModelConfig, params: Params, dtype) -> jax.Array:
+  """The output head [D,V] in `dtype`: tied to the embedding or a separate `lm_head`."""
   if cfg.tie_embeddings:
-    w_dv = params["embed_tokens"]["embedding"].astype(x_btd.dtype).T
-  else:
-    w_dv = params["lm_head"]["kernel"].astype(x_btd.dtype)
-  return jnp.einsum("btd,dv->btv", x_btd, w_dv, preferred_element_type=jnp.float32)
+    return params["embed_tokens"]["embedding"].astype(dtype).T
+  return params["lm_head"]["kernel"].astype(dtype)
+
+
+def logits_from_hidden(cfg: ModelConfig, params: Params, x_btd):
+  """Logits [B,T,V] in float32 from final-norm hidden states (loss.py runs the same head by chunks)."""
+  return jnp.einsum("btd,dv->btv", x_btd, head_kernel(cfg, params, x_btd.dtype), preferred_element_type=jnp.float32)
 
 
 def forward(cfg: ModelConfig, params: Params, tokens, *, segment_ids=None, positions=None,

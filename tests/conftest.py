@@ -17,9 +17,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-from hinqa_jax import hostmem  # noqa: E402
+from hinqa_jax import cpu_tuning  # noqa: E402
 
-hostmem.keep_freed_memory()  # as the CLI does (fewer page faults, faster XLA:CPU steps)
+cpu_tuning.keep_freed_memory()  # as the CLI does (fewer page faults, faster XLA:CPU steps)
 
 import jax  # noqa: E402
 

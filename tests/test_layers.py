@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("hinqa_jax", "gen")
 
 LAYERS = {
-    0: "files config cli tokenizer sharding distributed locks hostmem tracking",
+    0: "files config cli tokenizer sharding distributed locks cpu_tuning tracking",
     1: "attention matmul quant model lora loss hf checkpoint",
     2: "records examples packing decode metrics significance",
     3: "train validation evaluate plan hlo targets uncertainty report stages",
@@ -30,7 +30,7 @@ MAY_IMPORT_GEN = {"hinqa_jax.pipeline", "hinqa_jax.bootstrap", "hinqa_jax.__main
 # Imports inside functions that name a module of the two packages, each with the reason it stays there.
 LAZY_OK = {
     **{("hinqa_jax.__main__", f"hinqa_jax.{m}"): "after flag parsing: `--help` and flag errors come before jax loads"
-       for m in ("config", "hostmem", "pipeline", "plan", "stages", "targets", "files", "distributed")},
+       for m in ("config", "cpu_tuning", "pipeline", "plan", "stages", "targets", "files", "distributed")},
     ("gen.__main__", "gen.__init__"): "after flag parsing, so `python -m gen --help` stays fast",
     ("gen.backends", "hinqa_jax.decode"): "the JAX teacher only: `import gen` works where JAX is not installed",
     ("gen.backends", "hinqa_jax.hf"): "the JAX teacher only: `import gen` works where JAX is not installed",

@@ -185,8 +185,6 @@ def test_unrolled_layers_give_the_same_loss_and_gradients_as_the_scan(remat):
   (l_scan, g_scan), (l_unrolled, g_unrolled) = grad("scan"), grad("unroll")
   np.testing.assert_allclose(l_unrolled, l_scan, rtol=1e-6)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-6), g_unrolled, g_scan)
-  assert model._unrolled(cfg, "cpu") and not model._unrolled(cfg, "tpu")  # auto: unrolled on CPU only ...
-  assert not model._unrolled(cfg, "cpu", prefill=True)  # ... and not for a prefill
   loops = {loop: jax.jit(lambda p, t, loop=loop: model.forward_hidden(cfg.replace(layer_loop=loop), p, t))
            .lower(params, batch["tokens"]).as_text().count("stablehlo.while") for loop in ("scan", "unroll")}
   assert loops == {"scan": 1, "unroll": 0}  # one loop over the layers, or none
