@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import quant, train, train_cli  # noqa: E402
+from bench import cpu_tuning, quant, train, train_cli  # noqa: E402
 from bench.common import machine  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "RESULTS.md"
@@ -64,6 +64,14 @@ def _quant_rows(q: dict, load: str) -> list[tuple[str, ...]]:
                f"PEFT + bitsandbytes NF4: {tok['peft_nf4']:.0f} tok/s (PEFT, float32 base: {tok['peft_float32']:.0f})",
                f"{tok['ours_nf4'] / tok['peft_nf4']:.2f}x", "", load))
   return rows
+
+
+def _tuning_row(r: dict, load: str) -> tuple[str, ...]:
+  tok = r["tok_s"]
+  return (f"LoRA step, batch {r['batch']} x {r['seq_len']}: hinqa_jax/cpu_tuning.py's choices on vs off (ours vs ours)",
+          r["model"], f"{tok['tuned']:.0f} tok/s", f"off: {tok['off']:.0f} tok/s; layers scanned only: {tok['scanned']:.0f}",
+          f"{r['both_speedup']:.2f}x (unrolling {r['unrolling_speedup']:.2f}x, flattening {r['flattening_speedup']:.2f}x)",
+          "", load)
 
 
 def _cli_row(c: dict) -> tuple[str, ...]:
@@ -124,6 +132,8 @@ def main() -> None:
       rows.append(_train_row(train.main([f"--model={m}", f"--labels={labels}"]), load))
   load = _load()
   rows.extend(_quant_rows(quant.main([]), load))
+  load = _load()
+  rows.append(_tuning_row(cpu_tuning.main([]), load))
   rows.append(_cli_row(train_cli.main([])))
   print(write(rows))
 
