@@ -31,7 +31,7 @@ _HELP = {  # what each command does, its flags beside --config, the config secti
 def _command_help(command: str, argv: list[str]) -> str:
   """`python -m gen COMMAND --help [--config=FILE]`: the keys with their values in FILE (else the defaults) and
   the comments that declare them in gen/__init__.py (then FILE)."""
-  import gen  # noqa: PLC0415
+  import gen  # noqa: PLC0415 -- after flag parsing, as in main()
   what, own_flags, sections = _HELP[command]
   path = cli.config_file(argv)
   config = config_lib.load(path) if path else gen.default_config()

@@ -295,12 +295,12 @@ class VllmBackend:
   @classmethod
   def from_config(cls, tcfg: Any, name: str) -> "VllmBackend":
     vllm = _import_vllm()
-    import vllm.sampling_params as sampling_module  # noqa: PLC0415
+    import vllm.sampling_params as sampling_module  # noqa: PLC0415 -- optional, GPU nodes only
     llm = vllm.LLM(**vllm_engine_kwargs(tcfg))
     return cls(llm, sampling_module, name=name, model=tcfg.model, max_model_len=int(tcfg.max_model_len))
 
   def generate(self, messages_batch: list[Messages], params: SamplingParams) -> list[Any]:
-    import vllm  # noqa: PLC0415
+    import vllm  # noqa: PLC0415 -- optional, GPU nodes only
     out: list[Any] = [None] * len(messages_batch)
     keep = list(range(len(messages_batch)))
     if self.max_model_len:  # vLLM rejects a whole batch for one over-long prompt: filter first
@@ -359,7 +359,7 @@ class JaxBackend:
   def _run(self, prompts: list[list[int]], max_new: int, params: SamplingParams) -> list[list[int]]:
     fn = self._generate
     if fn is None:
-      from hinqa_jax import decode  # noqa: PLC0415
+      from hinqa_jax import decode  # noqa: PLC0415 -- keeps `import gen` light
       fn = decode.generate
     return fn(self.cfg, self.params, prompts, max_new_tokens=max_new, temperature=params.temperature,
               top_k=params.top_k, top_p=params.top_p, seed=params.seed, eos_ids=self.eos_ids)

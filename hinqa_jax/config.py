@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 from pathlib import Path
 
 import ml_collections
@@ -21,6 +22,7 @@ VATIKA_SPLITS = ("train", "val", "test1", "test2")
 
 
 def default_config() -> ml_collections.ConfigDict:
+  """Every setting with its default and its comment (what `--help` prints): one flat list, long on purpose."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # the one seed: data order, LoRA init, dropout, sampling
 
@@ -159,7 +161,6 @@ _RULES = (
 
 def _bertscore_layers(model_dir: str) -> int | None:
   """Layers of the local BERTScore model, or None where there is none to read (it is then noted, not scored)."""
-  import json
   cfg = Path(model_dir) / "config.json"
   return json.loads(cfg.read_text()).get("num_hidden_layers") if model_dir and cfg.is_file() else None
 

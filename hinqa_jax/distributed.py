@@ -15,7 +15,8 @@ Every synchronisation (barrier, main_only, all_gather_json) has a name, and the 
 names: one that took another path (skipped a step on one process) fails there, naming both, instead
 of waiting at a mismatched barrier. An error on any process reaches all of them (`failing_together`):
 each process watches one key of the coordination service and exits within a second when another
-process has put its error there.
+process has put its error there. A preemption notice (SIGTERM) stops training at a step boundary that
+every process agrees on (`Preemption`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -211,6 +213,57 @@ def failing_together():
     with contextlib.suppress(Exception):  # another process may have failed first: its error stands
       client.key_value_set(FAILED_KEY, json.dumps({"process": me, "error": f"{type(err).__name__}: {err}"}))
     _exit_after_failure(client, me)
+
+
+class Preemption:
+  """A preemption notice (SIGTERM) makes a training loop save a checkpoint at its next step boundary and exit 143.
+
+  One process: a SIGTERM handler sets a flag the loop reads each step. If the loop does not reach a step
+  boundary within `grace_s` (blocked in I/O, in a compile), the process exits 143 anyway; a second SIGTERM
+  exits at once. Several processes: JAX's preemption service (started by jax.distributed.initialize) takes
+  SIGTERM on any host and agrees a sync step with the others in the background; `reached(n)` is a local
+  read of that agreement, so no host-level collective runs per step and every host saves the same step.
+  """
+
+  def __init__(self, grace_s: float):
+    self.grace_s = grace_s
+    self.flag = False
+    self._old = None
+    self._timer = None
+
+  def __enter__(self):
+    if jax.process_count() == 1:
+      try:
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+      except ValueError:  # not the main thread: no preemption handling
+        self._old = None
+    return self
+
+  def _handle(self, *_):
+    if self.flag:  # a second notice: stop now
+      os._exit(143)
+    self.flag = True
+
+    def too_late():
+      log.error("SIGTERM: no step boundary within %.0f s (checkpoint.preempt_grace_s); exiting without a "
+                "checkpoint, the last saved one stands", self.grace_s)
+      logging.shutdown()
+      os._exit(143)
+    self._timer = threading.Timer(self.grace_s, too_late)
+    self._timer.daemon = True
+    self._timer.start()
+
+  def __exit__(self, *exc):  # the loop got out (saved and raised SystemExit, or failed): no forced exit
+    if self._timer is not None:
+      self._timer.cancel()
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+  def reached(self, step: int) -> bool:
+    """Whether the loop must save and exit after `step`: this process's SIGTERM, or the hosts' agreed sync step."""
+    if jax.process_count() == 1:
+      return self.flag
+    return multihost_utils.reached_preemption_sync_point(step)
 
 
 def check_shared_dir(path: str | os.PathLike) -> None:

@@ -62,8 +62,22 @@ def load_stage(config, workdir: str | os.PathLike, stage: str, mesh, vocab: int)
 
 
 # ----------------------------------------------------------------------------- generation and scores
+def _predictions_path(out_dir: str | os.PathLike, split: str) -> Path:
+  return Path(out_dir) / f"{split}.predictions.jsonl"
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
   write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def read_predictions(eval_dir: str | os.PathLike, split: str) -> tuple[list[str], list[str]] | None:
+  """(predictions, references) in record order, as evaluate_split saved them in eval_dir; None when it saved
+  none for the split (no file configured, no records). The one reader of the predictions files."""
+  path = _predictions_path(eval_dir, split)
+  if not path.exists():
+    return None
+  rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+  return [r["prediction"] for r in rows], [r["reference"] for r in rows]
 
 
 def predict(cfg, params, tokenizer, records: list[Record], *, adapters=None, lora_cfg=None,
@@ -108,7 +122,7 @@ def evaluate_split(name: str, records: list[Record], out_dir: str | os.PathLike,
 
   def save_and_score() -> dict:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    _write_jsonl(Path(out_dir) / f"{name}.predictions.jsonl",
+    _write_jsonl(_predictions_path(out_dir, name),
                  [{"id": r.id, "domain": r.domain, "question": r.question, "reference": r.answer, "prediction": a}
                   for r, a in zip(records, answers)])
     scores = metrics.score(answers, [r.answer for r in records],

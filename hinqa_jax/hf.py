@@ -163,6 +163,97 @@ def read_config(path: str | os.PathLike, param_dtype: str | None = None) -> Mode
   return config_from_hf(_read_json(cfg_file), source=str(cfg_file), param_dtype=param_dtype)
 
 
+def _checked_files(path: Path, expected: dict) -> dict[str, Path]:
+  """Tensor name -> its safetensors file, every expected tensor checked there with config.json's shape first."""
+  files = _weight_files(path)
+  missing = [n for n in expected if n not in files]
+  if missing:
+    raise ValueError(f"{path}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)} in all)")
+  by_file: dict[Path, list[str]] = {}
+  for name in expected:
+    by_file.setdefault(files[name], []).append(name)
+  for f, names in by_file.items():
+    if not f.exists():
+      raise ValueError(f"{f}: listed in model.safetensors.index.json but missing")
+    with _open_safetensors(f) as st:
+      for name in names:
+        shape = tuple(st.get_slice(name).get_shape())
+        if shape != expected[name][0]:
+          raise ValueError(f"{f}: tensor {name} has shape {shape}, expected {expected[name][0]} from config.json")
+  return files
+
+
+def _param_groups(cfg: ModelConfig, expected: dict) -> dict[tuple, tuple[tuple[int, ...], list[str], bool]]:
+  """Our path -> (our shape, HF name per layer (or the one name), transpose)."""
+  groups: dict[tuple, tuple[tuple[int, ...], list[str], bool]] = {}
+  for name, (hf_shape, p, layer, transpose) in expected.items():
+    inner = hf_shape[::-1] if transpose else hf_shape
+    shape = inner if layer is None else (cfg.n_layers,) + inner
+    groups.setdefault(p, (shape, [], transpose))[1].append(name)
+  return groups
+
+
+class _Reader:
+  """Index slices of our parameters, read from the HF tensors on disk one tensor (one layer) at a time."""
+
+  def __init__(self, cfg: ModelConfig, files: dict[str, Path], expected: dict):
+    self.cfg, self.files, self.expected, self.dtype = cfg, files, expected, jnp.dtype(cfg.param_dtype)
+
+  def read(self, name: str, index: tuple[slice, ...], transpose: bool, dtype=None) -> np.ndarray:
+    """index (over our axes) of one HF tensor, read from disk alone and cast (default: the param dtype). The
+    file is memory-mapped for this one read: the pages a read touches (all of the tensor's when the slice is
+    across its rows) count in the process's resident memory until they are unmapped."""
+    with _open_safetensors(self.files[name]) as st:
+      block = st.get_slice(name)[index[::-1] if transpose else index]
+    return (block.T if transpose else block).astype(self.dtype if dtype is None else dtype, copy=False)
+
+  def part(self, index: tuple[slice, ...], shape, names, transpose, layer_fn=None) -> np.ndarray:
+    """index of one parameter; layer_fn(HF tensor name, row slice, col slice) reads and makes one layer's block."""
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    if self.expected[names[0]][2] is None:  # one tensor, not stacked over layers
+      return np.ascontiguousarray(self.read(names[0], index, transpose))
+    layers = range(*index[0].indices(shape[0]))
+    out = None
+    for j, layer in enumerate(layers):  # one layer's slice in flight at a time
+      block = layer_fn(names[layer], *index[1:]) if layer_fn else self.read(names[layer], index[1:], transpose)
+      if out is None:
+        out = np.empty((len(layers),) + block.shape, block.dtype)
+      out[j] = block
+    return out
+
+  def leaves(self, p: tuple, shape, names: list[str], transpose: bool) -> dict[str, tuple[tuple[int, ...], Callable]]:
+    """Leaf name -> (its shape, index -> that slice) of the parameter at p: the parameter itself, or for a
+    quantized base's layer kernel quant.py's stored leaves, quantized from float32 reads as they stream in."""
+    cfg = self.cfg
+    if not (cfg.quantize and p[0] == "layers" and p[-1] == "kernel"):
+      return {p[-1]: (shape, functools.partial(self.part, shape=shape, names=names, transpose=transpose))}
+    out, shared = {}, {}  # shared: the kernel's quantized blocks, read once for both its leaves (quant.stored_rows)
+    for leaf, (stored, _) in quant.stored_shapes(shape[1], shape[2], cfg.quantize, cfg.quantize_block).items():
+      def layer_fn(name, rows, cols, leaf=leaf):
+        read_rows = lambda lo, hi: self.read(name, (slice(lo, hi), cols), transpose, np.float32)  # noqa: E731
+        return quant.stored_rows(read_rows, leaf, rows, shape[1], cfg.quantize, cfg.quantize_block, shared,
+                                 (name, cols.start, cols.stop))
+      leaf_shape = (shape[0],) + stored
+      out[leaf] = (leaf_shape, functools.partial(self.part, shape=leaf_shape, names=names, transpose=transpose,
+                                                 layer_fn=layer_fn))
+    return out
+
+
+def _placed(shape: tuple[int, ...], fn, where: jax.sharding.Sharding | None) -> jax.Array:
+  """The array fn(index) gives slices of: whole on the default device without a sharding, else each device's
+  slice read by this process alone (devices holding the same slice, replicas, share one read)."""
+  if where is None:
+    return jnp.asarray(fn(()))
+  cache: dict[tuple, np.ndarray] = {}
+
+  def cached(index):
+    key = tuple((s.start, s.stop, s.step) for s in index)
+    if key not in cache:
+      cache[key] = fn(index)
+    return cache[key]
+  return jax.make_array_from_callback(shape, where, cached)
+
+
 def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
             sharding_of: Callable[[tuple, tuple[int, ...]], jax.sharding.Sharding] | None = None,
             quantize: str = "", quantize_block: int = 64) -> tuple[ModelConfig, Params]:
@@ -184,84 +275,14 @@ def load_hf(path: str | os.PathLike, *, param_dtype: str | None = None,
     except ValueError as err:
       raise ValueError(f"{path / 'config.json'}: {err}") from None
   expected = _expected_tensors(cfg)
-  files = _weight_files(path)
-  missing = [n for n in expected if n not in files]
-  if missing:
-    raise ValueError(f"{path}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)} in all)")
-  by_file: dict[Path, list[str]] = {}
-  for name in expected:
-    by_file.setdefault(files[name], []).append(name)
-  for f, names in by_file.items():  # shapes checked for every tensor before any is read
-    if not f.exists():
-      raise ValueError(f"{f}: listed in model.safetensors.index.json but missing")
-    with _open_safetensors(f) as st:
-      for name in names:
-        shape = tuple(st.get_slice(name).get_shape())
-        if shape != expected[name][0]:
-          raise ValueError(f"{f}: tensor {name} has shape {shape}, expected {expected[name][0]} from config.json")
-
-  # Our path -> (our shape, HF name per layer (or the one name), transpose).
-  groups: dict[tuple, tuple[tuple[int, ...], list[str], bool]] = {}
-  for name, (hf_shape, p, layer, transpose) in expected.items():
-    inner = hf_shape[::-1] if transpose else hf_shape
-    shape = inner if layer is None else (cfg.n_layers,) + inner
-    groups.setdefault(p, (shape, [], transpose))[1].append(name)
-  np_dtype = jnp.dtype(cfg.param_dtype)
+  reader = _Reader(cfg, _checked_files(path, expected), expected)
   params: dict = {}
-
-  def read(name: str, index: tuple[slice, ...], transpose: bool, dtype=np_dtype) -> np.ndarray:
-    """index (over our axes) of one HF tensor, read from disk alone and cast.
-
-    The file is memory-mapped for this one read: the pages a read touches (all of the tensor's when the
-    slice is across its rows) count in the process's resident memory until they are unmapped.
-    """
-    with _open_safetensors(files[name]) as st:
-      block = st.get_slice(name)[index[::-1] if transpose else index]
-    return (block.T if transpose else block).astype(dtype, copy=False)
-
-  def part(index: tuple[slice, ...], shape, names, transpose, layer_fn=None) -> np.ndarray:
-    """index of one parameter; layer_fn(HF tensor name, row slice, col slice) reads and makes one layer's block."""
-    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
-    if expected[names[0]][2] is None:  # one tensor, not stacked over layers
-      return np.ascontiguousarray(read(names[0], index, transpose))
-    layers = range(*index[0].indices(shape[0]))
-    out = None
-    for j, layer in enumerate(layers):  # one layer's slice in flight at a time
-      block = layer_fn(names[layer], *index[1:]) if layer_fn else read(names[layer], index[1:], transpose)
-      if out is None:
-        out = np.empty((len(layers),) + block.shape, block.dtype)
-      out[j] = block
-    return out
-
-  def make(p: tuple, shape: tuple[int, ...], fn) -> jax.Array:
-    if sharding_of is None:
-      return jnp.asarray(fn(()))
-    cache: dict[tuple, np.ndarray] = {}  # devices holding the same slice (replicas) share one read
-
-    def cached(index):
-      key = tuple((s.start, s.stop, s.step) for s in index)
-      if key not in cache:
-        cache[key] = fn(index)
-      return cache[key]
-    return jax.make_array_from_callback(shape, sharding_of(p, shape), cached)
-
-  for p, (shape, names, transpose) in groups.items():
-    leaves = {p[-1]: (shape, functools.partial(part, shape=shape, names=names, transpose=transpose))}
-    if cfg.quantize and p[0] == "layers" and p[-1] == "kernel":  # the kernel's quantized leaves instead
-      shared: dict = {}
-      leaves = {}
-      for leaf, (stored, _) in quant.stored_shapes(shape[1], shape[2], cfg.quantize, cfg.quantize_block).items():
-        def reader(name, rows, cols, leaf=leaf, shared=shared, transpose=transpose, d_in=shape[1]):
-          return quant.stored_rows(lambda lo, hi: read(name, (slice(lo, hi), cols), transpose, np.float32), leaf,
-                                   rows, d_in, cfg.quantize, cfg.quantize_block, shared, (name, cols.start, cols.stop))
-        leaf_shape = (shape[0],) + stored
-        leaves[leaf] = (leaf_shape, functools.partial(part, shape=leaf_shape, names=names, transpose=transpose,
-                                                      layer_fn=reader))
+  for p, (shape, names, transpose) in _param_groups(cfg, expected).items():
     node = params
     for k in p[:-1]:
       node = node.setdefault(k, {})
-    for leaf, (leaf_shape, fn) in leaves.items():
-      node[leaf] = make(p[:-1] + (leaf,), leaf_shape, fn)
+    for leaf, (leaf_shape, fn) in reader.leaves(p, shape, names, transpose).items():
+      node[leaf] = _placed(leaf_shape, fn, None if sharding_of is None else sharding_of(p[:-1] + (leaf,), leaf_shape))
   return cfg, params
 
 

@@ -15,17 +15,16 @@ import dataclasses
 import json
 import logging
 import os
-import random
 from pathlib import Path
 
 import jax
 
 import gen
-from hinqa_jax import (bootstrap, distributed, evaluate as evaluate_lib, hf, locks, model, packing, report, sharding,
-                       train as train_lib, uncertainty, validation)
+from hinqa_jax import (bootstrap, distributed, evaluate as evaluate_lib, experiments, hf, locks, model, packing, report,
+                       sharding, train as train_lib, uncertainty, validation)
 from hinqa_jax.config import with_overrides
 from hinqa_jax.examples import build_bundled_tokenizer
-from hinqa_jax.files import file_digest, write_atomic
+from hinqa_jax.files import file_digest
 from hinqa_jax.records import read_records
 from hinqa_jax.stages import cached, content_hash, data_key, plain, portable, stage_key, weights_digest
 from hinqa_jax.tokenizer import load_tokenizer, tokenizer_hash
@@ -153,76 +152,6 @@ def _synthetic(config, workdir: Path) -> list[str]:
   return [str(curated)]
 
 
-def check_synthetic_files(config) -> None:
-  """A synthetic file that does not exist is a path no stage wrote (`gen curate` writes
-  <out_dir>/curated/synthetic.jsonl; the 8B configs read it under data.gen_dir): an error before any work
-  when an experiment trains on it. An empty one (curation kept nothing) is reported per experiment instead."""
-  r = config.run
-  needed = bool({"m2", "m3"} & set(r.experiments)) or r.per_teacher or bool(r.ratios)
-  missing = [f for f in config.data.synthetic if not Path(f).is_file()]
-  if config.synthetic.source == "files" and needed and missing:
-    raise FileNotFoundError(f"data.synthetic: no file {', '.join(missing)}: run `python -m gen curate` with its "
-                            "out_dir at data.gen_dir (launch/recipe.sh curate) first, or set --config.data.synthetic")
-
-
-def _has_lines(path: str) -> bool:
-  p = Path(path)
-  return p.exists() and any(line.strip() for line in p.read_text(encoding="utf-8").splitlines())
-
-
-def _subsets(config, workdir: Path, synthetic: list[str]) -> dict[str, list[str]]:
-  """Synthetic file sets of the experiments: all, each teacher alone, and each ratio (seeded subsets)."""
-
-  sets = {"all": synthetic}
-  if not (config.run.per_teacher or config.run.ratios):
-    return sets
-  lines = [line for f in synthetic for line in Path(f).read_text(encoding="utf-8").splitlines() if line.strip()]
-  sources = [json.loads(line).get("source", "unknown") for line in lines]
-  out = workdir / "synthetic"
-  out.mkdir(parents=True, exist_ok=True)
-
-  def write(name: str, lines: list[str]) -> str:
-    return str(write_atomic(out / f"{name}.jsonl", "".join(line + "\n" for line in lines)))
-
-  if config.run.per_teacher:
-    for teacher in sorted(set(sources)):
-      sets[f"teacher_{teacher}"] = [write(f"teacher_{teacher}",
-                                          [line for line, src in zip(lines, sources) if src == teacher])]
-  shuffled = list(lines)
-  random.Random(config.seed).shuffle(shuffled)
-  for ratio in config.run.ratios:
-    pct = int(round(ratio * 100))
-    sets[f"r{pct}"] = [write(f"ratio_{pct}", shuffled[:max(1, int(round(ratio * len(shuffled))))])]
-  return sets
-
-
-def experiment_stages(config, synthetic_sets: dict[str, list[str]]) -> dict[str, list[dict]]:
-  """Experiment -> its stages in order; each stage: name, files, init_from (a stage name) and steps."""
-  train_files = list(config.data.train)
-  steps2 = config.run.stage2_steps or config.train.num_steps
-  epochs2 = 0.0 if config.run.stage2_steps else config.train.num_epochs  # stage2_steps wins over epochs
-  m1 = {"name": "m1", "files": train_files, "init_from": None, "steps": config.train.num_steps,
-        "epochs": config.train.num_epochs}
-  plan: dict[str, list[dict]] = {}
-  for exp in config.run.experiments:
-    if exp == "m1":
-      plan["m1"] = [m1]
-    elif exp == "m2":
-      plan["m2"] = [m1, {"name": "m2", "files": synthetic_sets["all"], "init_from": "m1", "steps": steps2,
-                         "epochs": epochs2}]
-    elif exp == "m3":
-      plan["m3"] = [{"name": "m3", "files": train_files + synthetic_sets["all"], "init_from": None,
-                     "steps": config.train.num_steps, "epochs": config.train.num_epochs}]
-    else:
-      raise ValueError(f"run.experiments: unknown experiment {exp!r} (m1, m2, m3; per-teacher and ratio runs "
-                       "come from run.per_teacher and run.ratios)")
-  for name, files in synthetic_sets.items():
-    if name != "all":
-      plan[f"m2_{name}"] = [m1, {"name": f"m2_{name}", "files": files, "init_from": "m1", "steps": steps2,
-                                 "epochs": epochs2}]
-  return plan
-
-
 # ----------------------------------------------------------------------------- a trained LoRA stage on the mesh
 def make_mesh(config):
   """The mesh of config.mesh over every device of every process, or a clear error before any work."""
@@ -314,29 +243,12 @@ def convert(config, workdir: str | os.PathLike, hf_dir: str | None = None) -> di
   return {"source": src, "out": str(out), "parameters": model.count_params(params), "dtype": cfg.param_dtype}
 
 
-def run(config, workdir: str | os.PathLike) -> dict:
-  """The whole pipeline: tokenizer, base, synthetic data, the experiments' stages (once per run.seeds),
-  evaluation, uncertainty (CIs, comparisons), report, export."""
-
-  workdir = Path(workdir)
-  mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before any work
-  distributed.main_only("workdir", lambda: workdir.mkdir(parents=True, exist_ok=True))
-  check_synthetic_files(config)  # before any work: M2/M3 must not find a path no stage wrote
-  config = copy.deepcopy(config)
-  config.tokenizer.path = _tokenizer(config, workdir)
-  config.model.hf_path = _base(config, workdir)
-  synthetic = _synthetic(config, workdir)
-  runs = uncertainty.fan_out(experiment_stages(config, distributed.main_only(
-      "subsets", lambda: _subsets(config, workdir, synthetic))), uncertainty.run_seeds(config))
+# ----------------------------------------------------------------------------- run: the experiments' stage graph
+def _train_runs(config, workdir: Path, runs: dict[str, dict]) -> dict[str, str]:
+  """Every stage of the runs trained once (M1, shared by M2 and the per-teacher and ratio runs, once), each
+  cached under its key (config, data bytes, the stage it starts from, the base's weights). Returns stage -> key."""
   stage_keys: dict[str, str] = {}
-  skipped: dict[str, str] = {}
-  for name, r in list(runs.items()):
-    empty = [f for st in r["stages"] for f in st["files"] if not _has_lines(f)]
-    if empty:  # e.g. curation rejected every synthetic pair: say so in the results, train nothing on air
-      skipped[r["experiment"]] = f"not run: no records in {', '.join(sorted(set(empty)))}"
-      log.warning("%s: %s", name, skipped[r["experiment"]])
-      del runs[name]
-      continue
+  for r in runs.values():
     for st in r["stages"]:
       if st["name"] in stage_keys:
         continue
@@ -349,7 +261,12 @@ def run(config, workdir: str | os.PathLike) -> dict:
       cached(workdir / st["name"], key, lambda c=c, st=st, init=init: train(
           c, workdir, stage=st["name"], files=tuple(st["files"]), init_from=init))
       stage_keys[st["name"]] = key
+  return stage_keys
 
+
+def _evaluate_runs(config, workdir: Path, runs: dict[str, dict], stage_keys: dict[str, str], mesh):
+  """(run -> split -> scores, run -> evaluation key): each run's last stage evaluated into WORKDIR/eval/<run>,
+  cached on that stage's key, the eval settings (not the analysis's) and the split files' bytes."""
   vocab = len(load_tokenizer(config.tokenizer.path))
   bases: dict = {}  # a random base (no hf_path) depends on the seed; a loaded one does not
 
@@ -369,17 +286,47 @@ def run(config, workdir: str | os.PathLike) -> dict:
         s: file_digest(p) for s, p in _splits(config).items()}})
     run_results[name] = cached(workdir / "eval" / name, eval_keys[name], lambda c=c, name=name, last=last: evaluate(
         c, workdir, last, out_dir=workdir / "eval" / name, base=base(c), mesh=mesh))
-  analysis = cached(workdir / "analysis", content_hash({"evals": eval_keys, "eval": plain(config)["eval"]}),
-                    lambda: distributed.main_only("analysis", lambda: uncertainty.summarize(
-                        workdir, runs, run_results, config.eval, tuple(_splits(config)))))
-  results = analysis["results"]
-  for exp, note in skipped.items():
-    results[exp] = {s: {"n": 0, "note": note} for s in _splits(config)}
-  provenance = portable({
+  return run_results, eval_keys
+
+
+def _provenance(config, workdir: Path, stage_keys: dict[str, str], synthetic: list[str]) -> dict:
+  """What the results came from: the config's, tokenizer's, stages' and data files' hashes, the base, the seeds."""
+  return portable({
       "config_hash": content_hash(portable(plain(config), workdir)), "tokenizer_hash": tokenizer_hash(config.tokenizer.path),
-      "base": config.model.hf_path, "stage_keys": stage_keys, "seeds": list(uncertainty.run_seeds(config)),
+      "base": config.model.hf_path, "stage_keys": stage_keys, "seeds": list(experiments.run_seeds(config)),
       "data": {s: file_digest(p) for s, p in _splits(config).items()} |
               {f: file_digest(f) for f in list(config.data.train) + synthetic}}, workdir)
+
+
+def run(config, workdir: str | os.PathLike) -> dict:
+  """The whole pipeline: tokenizer, base, synthetic data, the experiments' stages (once per run.seeds),
+  evaluation, uncertainty (CIs, comparisons), report, export."""
+
+  workdir = Path(workdir)
+  mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before any work
+  distributed.main_only("workdir", lambda: workdir.mkdir(parents=True, exist_ok=True))
+  experiments.check_synthetic_files(config)  # before any work: M2/M3 must not find a path no stage wrote
+  config = copy.deepcopy(config)
+  config.tokenizer.path = _tokenizer(config, workdir)
+  config.model.hf_path = _base(config, workdir)
+  synthetic = _synthetic(config, workdir)
+  subsets = distributed.main_only("subsets", lambda: experiments.synthetic_subsets(config, workdir, synthetic))
+  runs, skipped = experiments.runs_with_data(experiments.fan_out(experiments.experiment_stages(config, subsets),
+                                                                 experiments.run_seeds(config)))
+  stage_keys = _train_runs(config, workdir, runs)
+  run_results, eval_keys = _evaluate_runs(config, workdir, runs, stage_keys, mesh)
+  splits = tuple(_splits(config))
+
+  def analyse() -> dict:  # process 0: every run's saved predictions (a cached evaluation has only its files)
+    predictions = {name: {s: evaluate_lib.read_predictions(workdir / "eval" / name, s) for s in splits} for name in runs}
+    return uncertainty.summarize(runs, run_results, predictions, config.eval, splits)
+
+  analysis = cached(workdir / "analysis", content_hash({"evals": eval_keys, "eval": plain(config)["eval"]}),
+                    lambda: distributed.main_only("analysis", analyse))
+  results = analysis["results"]
+  for exp, note in skipped.items():
+    results[exp] = {s: {"n": 0, "note": note} for s in splits}
+  provenance = _provenance(config, workdir, stage_keys, synthetic)
   stage_dirs = {name: str(workdir / name) for name in ["base", *config.synthetic.teachers, *stage_keys]
                 if (workdir / name / "metrics.jsonl").exists()}
   out = distributed.main_only("report", lambda: report.write_report(workdir, results, provenance, stage_dirs,

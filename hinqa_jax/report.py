@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hinqa_jax.files import write_atomic
 from hinqa_jax.tracking import read_metrics
 
@@ -95,7 +97,7 @@ def results_markdown(results: dict, provenance: dict, comparisons: dict | None =
 
 def _pyplot():
   """matplotlib's pyplot on the file-only Agg backend, or None where matplotlib is missing."""
-  try:
+  try:  # lazy: matplotlib is optional (the plots are skipped without it)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -107,7 +109,7 @@ def _pyplot():
 def _save(fig, path: str | os.PathLike) -> bool:
   if fig is None:
     return False
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # lazy: optional; a figure exists only where _pyplot found it
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return True
@@ -168,7 +170,6 @@ def metrics_figure(results: dict):
   metrics = plotted_metrics(results)
   if plt is None or not exps or not splits or not metrics:
     return None
-  import numpy as np
   cols = min(4, len(metrics))
   rows = -(-len(metrics) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows + 0.6), squeeze=False)
@@ -197,7 +198,7 @@ def metrics_figure(results: dict):
 def scores_to_tensorboard(results: dict, workdir: Path) -> list[str]:
   """Every experiment's scores as TensorBoard scalars `<split>/<metric>` (and `<split>/<metric>_ci_lo|hi`) under
   WORKDIR/tb/eval/<experiment>, beside the stages' training curves (`tensorboard --logdir WORKDIR`)."""
-  from tensorboardX import SummaryWriter
+  from tensorboardX import SummaryWriter  # lazy: its writer module imports torch (~1 s), needed only here
   written = []
   for exp, per_split in results.items():
     tb_dir = workdir / "tb" / "eval" / exp

@@ -46,7 +46,7 @@ class MetricsWriter:
     if self.path.exists():
       kept = [r for r in _parse(self.path) if r["step"] <= resume_step]
       write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-    try:
+    try:  # lazy: optional (requirements-aot.txt has none), and importing tensorboardX loads torch (~1 s)
       from tensorboardX.event_file_writer import EventsWriter
     except ImportError:  # TensorBoard files are a convenience; metrics.jsonl is the record
       return
@@ -68,7 +68,7 @@ class MetricsWriter:
                                "the stage's last checkpoint is intact: free space and run again to resume") from err
 
   def _tb_write(self, step: int, scalars: dict[str, float]) -> None:
-    from tensorboardX import summary
+    from tensorboardX import summary  # lazy: as EventsWriter above (loaded by then)
     from tensorboardX.proto import event_pb2
     for tag, value in scalars.items():
       self._tb.write_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary.scalar(tag, value)))

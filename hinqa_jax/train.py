@@ -15,20 +15,18 @@ import functools
 import json
 import logging
 import os
-import signal
-import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
 
-from hinqa_jax import checkpoint, hf, locks, lora, loss, model, sharding, stages, validation
+from hinqa_jax import checkpoint, distributed, hf, locks, lora, loss, model, sharding, stages, validation
 from hinqa_jax.tracking import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -238,57 +236,6 @@ def meta_of(config, cfg, lcfg, mode: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- the stage
-class _Preempted:
-  """A preemption notice (SIGTERM) makes the loop save a checkpoint at the next step boundary and exit 143.
-
-  One process: a SIGTERM handler sets a flag the loop reads each step. If the loop does not reach a step
-  boundary within `grace_s` (blocked in I/O, in a compile), the process exits 143 anyway; a second SIGTERM
-  exits at once. Several processes: JAX's preemption service (started by jax.distributed.initialize) takes
-  SIGTERM on any host and agrees a sync step with the others in the background; `reached(n)` is a local
-  read of that agreement, so no host-level collective runs per step and every host saves the same step.
-  """
-
-  def __init__(self, grace_s: float):
-    self.grace_s = grace_s
-    self.flag = False
-    self._old = None
-    self._timer = None
-
-  def __enter__(self):
-    if jax.process_count() == 1:
-      try:
-        self._old = signal.signal(signal.SIGTERM, self._handle)
-      except ValueError:  # not the main thread: no preemption handling
-        self._old = None
-    return self
-
-  def _handle(self, *_):
-    if self.flag:  # a second notice: stop now
-      os._exit(143)
-    self.flag = True
-
-    def too_late():
-      log.error("SIGTERM: no step boundary within %.0f s (checkpoint.preempt_grace_s); exiting without a "
-                "checkpoint, the last saved one stands", self.grace_s)
-      logging.shutdown()
-      os._exit(143)
-    self._timer = threading.Timer(self.grace_s, too_late)
-    self._timer.daemon = True
-    self._timer.start()
-
-  def __exit__(self, *exc):  # the loop got out (saved and raised SystemExit, or failed): no forced exit
-    if self._timer is not None:
-      self._timer.cancel()
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-
-  def reached(self, step: int) -> bool:
-    if jax.process_count() == 1:
-      return self.flag
-    from jax.experimental import multihost_utils
-    return multihost_utils.reached_preemption_sync_point(step)
-
-
 def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, **kwargs) -> dict:
   """Train `config.train.num_steps` steps of one stage; resumes from WORKDIR/<stage>/checkpoints if present.
 
@@ -303,8 +250,96 @@ def run_stage(config, workdir: str | os.PathLike, stage: str, dataset, **kwargs)
     return _run_stage(config, stage_dir, stage, dataset, **kwargs)
 
 
+def _initial_state(config, stage: str, mngr, fresh_state, frozen, abstract, shardings, meta: dict,
+                   init_from: str | None) -> dict:
+  """The state the stage starts from, sharded: its newest intact checkpoint (damaged newer ones are set aside,
+  with a warning), else a fresh one, whose trainable tree (and optimizer state unless train.reset_optimizer)
+  is init_from's latest (M2 from M1's final adapters). A checkpoint past train.num_steps is an error."""
+  t = config.train
+  if mngr.all_steps():
+    state, _ = checkpoint.restore(mngr, sharding.like_tree(abstract, shardings), expected_meta=meta, what=stage)
+    log.info("%s: resumed at step %d", stage, int(state["step"]))
+  else:
+    state = jax.jit(fresh_state, out_shardings=shardings)(rng_stream(config.seed, stage, "lora_init"), frozen)
+    if init_from:  # same shapes, restored sharded
+      prev_mngr = checkpoint.manager(init_from)
+      if prev_mngr.latest_step() is None:
+        raise FileNotFoundError(f"{stage}: no checkpoint in {init_from} to start from")
+      prev, _ = checkpoint.restore(prev_mngr, sharding.like_tree(abstract, shardings), expected_meta=meta,
+                                   what=f"{stage} from {init_from}")
+      prev_mngr.close()
+      state["trainable"] = prev["trainable"]
+      if not t.reset_optimizer:
+        state["opt_state"] = prev["opt_state"]
+  if int(state["step"]) > t.num_steps:
+    raise ValueError(f"{stage}: the checkpoint in {mngr.directory} is at step {int(state['step'])}, past "
+                     f"train.num_steps={t.num_steps}; raise num_steps or use another workdir/stage")
+  return state
+
+
+def _global_batches(config, dataset, mesh, loss_cap: int | None):
+  """step -> that step's global batch ({BATCH_KEYS: [batch_size, seq_len] int32 arrays on the mesh's batch
+  sharding}), each process reading only its own rows (process_rows) of dataset.get_batch. A row with more
+  loss tokens than loss_cap is an error naming the step (the capped head would drop them)."""
+  t = config.train
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch_shape = (t.batch_size, dataset.seq_len)
+  rows = process_rows(batch_sharding, batch_shape)
+
+  def global_batch(step: int) -> dict:
+    local = {k: np.asarray(v, np.int32) for k, v in dataset.get_batch(step, t.batch_size, config.seed, rows).items()}
+    if loss_cap is not None and (local["loss_mask"] > 0).sum(1).max(initial=0) > loss_cap:
+      raise ValueError(f"{dataset.path}: a row at step {step} has more loss tokens than the manifest's "
+                       f"loss_cap={loss_cap}; prepare the data again")
+    # Each local device takes its slice of the global batch from this process's rows.
+    at = lambda index: np.searchsorted(rows, np.arange(*index[0].indices(t.batch_size)))  # noqa: E731
+    return {k: jax.make_array_from_callback(batch_shape, batch_sharding, lambda index, a=local[k]: a[at(index)])
+            for k in BATCH_KEYS}
+
+  return global_batch
+
+
+class _StepLog:
+  """Each step's metrics, read from the device one step late (step N's after step N+1 is dispatched): a
+  non-finite loss stops the stage naming the step; metrics.jsonl every train.log_every steps (tracking.py),
+  tokens/s over the time since the last flush (or the last checkpoint's save), a progress bar."""
+
+  def __init__(self, config, stage_dir: Path, stage: str, start: int, mngr, progress: bool):
+    self.t, self.stage, self.mngr = config.train, stage, mngr
+    self.writer = MetricsWriter(stage_dir, resume_step=start, enabled=jax.process_index() == 0)
+    self.bar = tqdm(total=self.t.num_steps, initial=start, desc=stage,
+                    disable=not progress or jax.process_index() != 0)
+    self.last: dict = {}  # the last flushed step's metrics, for summary.json
+    self.pending = None  # (step, metrics still on the device)
+    self.tick = time.perf_counter()  # when the last step was flushed (or a checkpoint saved)
+
+  def flush(self) -> None:
+    """Reads the pending step's metrics (a no-op when none): checks the loss, logs, advances the bar."""
+    if self.pending is None:
+      return
+    n, m = self.pending
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    if not np.isfinite(m["loss"]):
+      self.mngr.close()  # the checkpoints already started are completed, not left half written
+      raise FloatingPointError(f"{self.stage}: loss is {m['loss']} at step {n} (grad norm {m['grad_norm']}); lower "
+                               f"train.learning_rate or check the data (loss-masked tokens: {m['loss_tokens']:.0f})")
+    now = time.perf_counter()
+    m["tokens_per_s"] = m.pop("tokens") / max(now - self.tick, 1e-9)
+    self.tick = now
+    if n % self.t.log_every == 0 or n == self.t.num_steps:
+      self.writer.write(n, m)
+    self.bar.update(1)
+    self.bar.set_postfix(loss=f"{m['loss']:.4f}")
+    self.last, self.pending = {"step": n, **m}, None
+
+  def close(self) -> None:
+    self.bar.close()
+    self.writer.close()
+
+
 def _run_stage(config, stage_dir: Path, stage: str, dataset, *, init_from: str | None = None, mode: str = "lora",
                mesh=None, vocab_size: int | None = None, progress: bool = True, val_dataset=None) -> dict:
+  """run_stage under the stage's lock; returns the summary with the final state, the base and the configs."""
   t = config.train
   stage_dir.mkdir(parents=True, exist_ok=True)
   mesh = mesh or sharding.make_mesh(dict(config.mesh))
@@ -320,104 +355,44 @@ def _run_stage(config, stage_dir: Path, stage: str, dataset, *, init_from: str |
   fresh_state = fresh_state_fn(cfg, lcfg, mode, optimizer)
   abstract = jax.eval_shape(fresh_state, jax.random.key(0), frozen)
   shardings = state_shardings(abstract, mesh)
-  init_state = jax.jit(fresh_state, out_shardings=shardings)
   mngr = checkpoint.manager(stage_dir / "checkpoints", keep=config.checkpoint.keep)
-  if mngr.all_steps():  # the newest intact step (damaged newer ones are set aside, with a warning)
-    state, _ = checkpoint.restore(mngr, sharding.like_tree(abstract, shardings), expected_meta=meta, what=stage)
-    log.info("%s: resumed at step %d", stage, int(state["step"]))
-  else:
-    state = init_state(rng_stream(config.seed, stage, "lora_init"), frozen)
-    if init_from:  # M2: stage 2 starts from stage 1's final adapters (same shapes, restored sharded)
-      prev_mngr = checkpoint.manager(init_from)
-      if prev_mngr.latest_step() is None:
-        raise FileNotFoundError(f"{stage}: no checkpoint in {init_from} to start from")
-      prev, _ = checkpoint.restore(prev_mngr, sharding.like_tree(abstract, shardings), expected_meta=meta,
-                                   what=f"{stage} from {init_from}")
-      prev_mngr.close()
-      state["trainable"] = prev["trainable"]
-      if not t.reset_optimizer:
-        state["opt_state"] = prev["opt_state"]
+  state = _initial_state(config, stage, mngr, fresh_state, frozen, abstract, shardings, meta, init_from)
   start = int(state["step"])
-  if start > t.num_steps:
-    raise ValueError(f"{stage}: the checkpoint in {mngr.directory} is at step {start}, past train.num_steps="
-                     f"{t.num_steps}; raise num_steps or use another workdir/stage")
 
-  batch_sharding = sharding.batch_sharding(mesh)
-  specs = batch_spec(config, dataset.seq_len)
   # Data packed before the cap existed (or rows not from the packer): the head runs everywhere.
   loss_cap = getattr(dataset, "manifest", {}).get("loss_cap")
   step_fn = jit_step(config, cfg, lcfg, mode, mesh, shardings, sharding.tree_shardings(frozen, mesh), optimizer,
                      schedule, loss_cap, stage)
+  global_batch = _global_batches(config, dataset, mesh, loss_cap)
+  validator = None if val_dataset is None or t.eval_every_steps <= 0 else validation.Validator(
+      config, val_dataset, functools.partial(loss_sums, cfg=cfg, lcfg=lcfg, mode=mode,
+                                             act_sharding=sharding.activation_sharding(mesh)), mesh, stage_dir)
+  steps = _StepLog(config, stage_dir, stage, start, mngr, progress)
 
-  batch_shape = (t.batch_size, dataset.seq_len)
-  rows = process_rows(batch_sharding, batch_shape)
-
-  def global_batch(step: int) -> dict:
-    local = {k: np.asarray(v, np.int32) for k, v in dataset.get_batch(step, t.batch_size, config.seed, rows).items()}
-    if loss_cap is not None and (local["loss_mask"] > 0).sum(1).max(initial=0) > loss_cap:  # would drop loss tokens
-      raise ValueError(f"{dataset.path}: a row at step {step} has more loss tokens than the manifest's "
-                       f"loss_cap={loss_cap}; prepare the data again")
-    # Each local device takes its slice of the global batch from this process's rows.
-    at = lambda index: np.searchsorted(rows, np.arange(*index[0].indices(t.batch_size)))  # noqa: E731
-    return {k: jax.make_array_from_callback(batch_shape, batch_sharding, lambda index, a=local[k]: a[at(index)])
-            for k in specs}
-
-  validator = None
-  if val_dataset is not None and t.eval_every_steps > 0:
-    validator = validation.Validator(config, val_dataset, functools.partial(
-        loss_sums, cfg=cfg, lcfg=lcfg, mode=mode, act_sharding=sharding.activation_sharding(mesh)), mesh, stage_dir)
-  writer = MetricsWriter(stage_dir, resume_step=start, enabled=jax.process_index() == 0)
-  from tqdm import tqdm
-  bar = tqdm(total=t.num_steps, initial=start, desc=stage, disable=not progress or jax.process_index() != 0)
-  last = {}
-  pending = None
-  tick = time.perf_counter()
-
-  def flush():
-    nonlocal pending, tick, last
-    if pending is None:
-      return
-    n, m = pending
-    m = {k: float(v) for k, v in jax.device_get(m).items()}
-    if not np.isfinite(m["loss"]):
-      mngr.close()  # the checkpoints already started are completed, not left half written
-      raise FloatingPointError(f"{stage}: loss is {m['loss']} at step {n} (grad norm {m['grad_norm']}); "
-                               f"lower train.learning_rate or check the data (loss-masked tokens: {m['loss_tokens']:.0f})")
-    now = time.perf_counter()
-    m["tokens_per_s"] = m.pop("tokens") / max(now - tick, 1e-9)
-    tick = now
-    if n % t.log_every == 0 or n == t.num_steps:
-      writer.write(n, m)
-    bar.update(1)
-    bar.set_postfix(loss=f"{m['loss']:.4f}")
-    last, pending = {"step": n, **m}, None
-
-  with _Preempted(config.checkpoint.preempt_grace_s) as preempt:
+  with distributed.Preemption(config.checkpoint.preempt_grace_s) as preempt:
     for step in range(start, t.num_steps):
       state, metrics = step_fn(state, frozen_arg, global_batch(step))  # dispatch step N ...
-      flush()  # ... before reading step N-1's metrics
+      steps.flush()  # ... before reading step N-1's metrics
       if validator is not None:
         metrics = {**metrics, **validator.step(step + 1, state, frozen_arg, meta)}
-      pending = (step + 1, metrics)
+      steps.pending = (step + 1, metrics)
       n = step + 1
       stop = preempt.reached(n)
       if n % config.checkpoint.every_steps == 0 or n == t.num_steps or stop:
-        flush()
+        steps.flush()
         checkpoint.save(mngr, n, state, meta)
-        tick = time.perf_counter()  # the save's time is not the next step's
+        steps.tick = time.perf_counter()  # the save's time is not the next step's
       if stop:
-        bar.close()
-        writer.close()
+        steps.close()
         mngr.close()  # the checkpoint is whole on disk before the process goes
         log.warning("%s: SIGTERM, checkpoint saved at step %d, exiting", stage, n)
         raise SystemExit(143)
-    flush()
-  bar.close()
-  writer.close()
+    steps.flush()
+  steps.close()
   if mngr.latest_step() != t.num_steps:  # e.g. a resumed run that was already complete
     checkpoint.save(mngr, t.num_steps, state, meta)
   mngr.close()  # checkpoints are written in the background (checkpoint.save): wait for the last ones
-  summary = {"stage": stage, "steps": t.num_steps, "final": last, "checkpoints": str(mngr.directory)}
+  summary = {"stage": stage, "steps": t.num_steps, "final": steps.last, "checkpoints": str(mngr.directory)}
   if jax.process_index() == 0:
     (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2))
   return {**summary, "state": state, "frozen": frozen, "cfg": cfg, "lcfg": lcfg}

@@ -1,5 +1,6 @@
-"""Results a reviewer can trust: experiments trained once per seed, every score with its 95% CI, and the
-experiments compared pairwise (delta, paired-bootstrap CI, approximate-randomization p, Holm-corrected).
+"""Results a reviewer can trust: experiments trained once per seed (experiments.fan_out), every score with its
+95% CI, and the experiments compared pairwise (delta, paired-bootstrap CI, approximate-randomization p,
+Holm-corrected).
 
 Seeds are pooled, never averaged away: a system's predictions of every seed are scored together; the
 bootstrap draws test examples with all their seeds (so the interval covers test-set sampling, with the
@@ -7,9 +8,7 @@ seeds' spread inside each example), and the randomization swaps A and B within e
 """
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -20,48 +19,20 @@ COMPARE_METRICS = ("bleu2", "chrf_pp", "rougeL", "qa_f1", "exact_match")
 ALPHA = 0.05  # family-wise error rate of each split's comparisons (Holm)
 
 
-def run_seeds(config) -> tuple[int, ...]:
-  """The training seeds of every experiment: run.seeds, or just the config's seed."""
-  seeds = tuple(int(s) for s in config.run.seeds) or (int(config.seed),)
-  if len(set(seeds)) != len(seeds):
-    raise ValueError(f"run.seeds has a repeated seed: {seeds}")
-  return seeds
-
-
-def fan_out(plan: dict[str, list[dict]], seeds: tuple[int, ...]) -> dict[str, dict]:
-  """Experiment plan -> runs: {run name: {"experiment", "seed", "stages"}}, one run per (experiment, seed).
-
-  With one seed a run is its experiment (stage names unchanged, so single-seed workdirs stay as they
-  were); with several, run and stage names get a `_s<seed>` suffix and M2's stage 2 starts from the
-  same seed's M1."""
-  runs = {}
-  for seed in seeds:
-    tag = "" if len(seeds) == 1 else f"_s{seed}"
-    for exp, stages in plan.items():
-      runs[exp + tag] = {"experiment": exp, "seed": seed, "stages": [
-          {**st, "name": st["name"] + tag, "init_from": st["init_from"] and st["init_from"] + tag, "seed": seed}
-          for st in stages]}
-  return runs
-
-
-def _predictions(eval_dir: Path, split: str) -> tuple[list[str], list[str]] | None:
-  path = eval_dir / f"{split}.predictions.jsonl"
-  if not path.exists():
-    return None
-  rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-  return [r["prediction"] for r in rows], [r["reference"] for r in rows]
-
-
 def comparison_pairs(experiments: list[str]) -> list[tuple[str, str]]:
   """(A, B) pairs compared as B - A: M2 and M3 vs M1, M3 vs M2, and every other run (per-teacher, ratio) vs M1."""
   pairs = [(a, b) for a, b in (("m1", "m2"), ("m1", "m3"), ("m2", "m3")) if a in experiments and b in experiments]
   return pairs + [("m1", e) for e in experiments if e not in ("m1", "m2", "m3") and "m1" in experiments]
 
 
-def summarize(workdir: str | os.PathLike, runs: dict[str, dict], run_results: dict[str, dict], eval_cfg,
+def summarize(runs: dict[str, dict], run_results: dict[str, dict],
+              predictions: dict[str, dict[str, tuple[list[str], list[str]] | None]], eval_cfg,
               splits: tuple[str, ...]) -> dict:
   """{"results": experiment -> split -> scores (mean over seeds) with "ci" (and "std", "seeds"),
-  "comparisons": split -> list of {"a", "b", "metrics": name -> delta, ci, p, p_holm, significant}}."""
+  "comparisons": split -> list of {"a", "b", "metrics": name -> delta, ci, p, p_holm, significant}}.
+
+  run_results: run -> split -> scores; predictions: run -> split -> (predictions, references) or None (as
+  evaluate.read_predictions gives them). CIs and comparisons need every seed's predictions of the split."""
   bert = eval_cfg.bertscore_model if eval_cfg.bertscore_model and os.path.isfile(
       os.path.join(eval_cfg.bertscore_model, "config.json")) else None
   kw = {"n_bootstrap": eval_cfg.n_bootstrap, "seed": eval_cfg.significance_seed, "bertscore_model": bert,
@@ -81,7 +52,7 @@ def summarize(workdir: str | os.PathLike, runs: dict[str, dict], run_results: di
         cell.update({k: float(np.mean([s[k] for s in per_seed])) for k in scored})
         cell["std"] = {k: float(np.std([s[k] for s in per_seed], ddof=1)) for k in scored}
         cell["seeds"] = [runs[n]["seed"] for n in names]
-      got = [_predictions(Path(workdir) / "eval" / n, split) for n in names]
+      got = [predictions.get(n, {}).get(split) for n in names]
       if all(g is not None and g[0] for g in got):
         preds[exp, split] = ([g[0] for g in got], got[0][1])
         cis = significance.confidence_intervals(preds[exp, split][0], got[0][1], metrics=CI_METRICS + extra, **kw)

@@ -20,7 +20,7 @@ LAYERS = {
     0: "files config cli tokenizer sharding distributed locks cpu_tuning tracking",
     1: "attention matmul quant model lora loss hf checkpoint",
     2: "records examples packing decode metrics significance",
-    3: "train validation evaluate plan hlo targets uncertainty report stages",
+    3: "train validation evaluate plan hlo targets experiments uncertainty report stages",
     4: "pipeline bootstrap __main__ __init__",
 }
 LAYER = {f"hinqa_jax.{name}": layer for layer, names in LAYERS.items() for name in names.split()}

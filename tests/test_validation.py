@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from hinqa_jax import checkpoint, evaluate, model, pipeline, sharding, train, validation
+from hinqa_jax import checkpoint, evaluate, experiments, model, sharding, train, validation
 from hinqa_jax.tracking import read_metrics
 from train_utils import ToyPacked, toy_config
 
@@ -80,7 +80,7 @@ def test_m2_stage2_steps_override_epochs():
   c = toy_config()
   c.train.num_epochs = 3.0
   c.run.stage2_steps = 7
-  plan = pipeline.experiment_stages(c, {"all": ["syn.jsonl"]})
+  plan = experiments.experiment_stages(c, {"all": ["syn.jsonl"]})
   assert [(s["name"], s["epochs"]) for s in plan["m2"]] == [("m1", 3.0), ("m2", 0.0)]
   assert plan["m2"][1]["steps"] == 7 and plan["m3"][0]["epochs"] == 3.0
   assert json.dumps(plan)  # plain data
