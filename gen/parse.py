@@ -101,9 +101,10 @@ def _json_candidates(text: str) -> list[str]:
   return fenced + [text]
 
 
-def _balanced_end(text: str, start: int) -> int:
-  """Index after the bracket that closes text[start]; -1 if it never closes (strings of ' or " skipped)."""
-  depth, quote, esc = 0, "", False
+def _unquoted(text: str, start: int = 0, opens_quote=lambda ch: ch in "\"'"):
+  """(i, ch) for each character of text[start:] outside string literals (quotes and escapes skipped);
+  opens_quote(ch) says whether a ' or " starts a string here (asked only outside one)."""
+  quote, esc = "", False
   for i in range(start, len(text)):
     ch = text[i]
     if quote:
@@ -113,9 +114,17 @@ def _balanced_end(text: str, start: int) -> int:
         esc = True
       elif ch == quote:
         quote = ""
-    elif ch in "\"'":
+    elif ch in "\"'" and opens_quote(ch):
       quote = ch
-    elif ch in "[{":
+    else:
+      yield i, ch
+
+
+def _balanced_end(text: str, start: int) -> int:
+  """Index after the bracket that closes text[start]; -1 if it never closes (strings of ' or " skipped)."""
+  depth = 0
+  for i, ch in _unquoted(text, start):
+    if ch in "[{":
       depth += 1
     elif ch in "]}":
       depth -= 1
@@ -164,18 +173,10 @@ def _decode_first(text: str) -> object:
 
 def _complete_objects(text: str) -> tuple[list[str], bool]:
   """Innermost-first balanced {...} substrings, and whether an object was left open (truncation)."""
-  found, starts, quote, esc = [], [], "", False
-  for i, ch in enumerate(text):
-    if quote:
-      if esc:
-        esc = False
-      elif ch == "\\":
-        esc = True
-      elif ch == quote:
-        quote = ""
-    elif ch == '"' or ch == "'" and starts:  # an apostrophe in prose outside any object is no quote
-      quote = ch
-    elif ch == "{":
+  found, starts = [], []
+  # An apostrophe in prose outside any object is no quote.
+  for i, ch in _unquoted(text, opens_quote=lambda ch: ch == '"' or bool(starts)):
+    if ch == "{":
       starts.append(i)
     elif ch == "}" and starts:
       found.append(text[starts.pop():i + 1])
