@@ -1,7 +1,9 @@
 """Command line: `python -m hinqa_jax COMMAND --config=configs/x.py --workdir=runs/x [--config.key=value]`.
 
 Commands: run (the whole pipeline of the config), prepare, train, evaluate, export, convert, plan.
-Only flag parsing lives here; each command is one library call a notebook can make too.
+Only flag parsing lives here; each command is one library call a notebook can make too. What imports jax
+waits until the command is known: `--help` stays quick, the malloc setting of `train` and `run`
+(cpu_tuning.keep_freed_memory) comes before jax starts its threads, and `plan` never imports the pipeline.
 """
 from __future__ import annotations
 
@@ -9,10 +11,11 @@ import json
 import logging
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging as absl_logging
 from ml_collections import config_flags
 
-from hinqa_jax import cli
+from hinqa_jax import cli, config as config_lib, cpu_tuning
+from hinqa_jax.files import write_atomic
 
 COMMANDS = ("run", "prepare", "train", "evaluate", "export", "convert", "plan")
 # What each command does, its flags beside --config, and the config sections it reads (`COMMAND --help`).
@@ -49,7 +52,6 @@ FLAGS = flags.FLAGS
 def _command_help(command: str, argv: list[str]) -> str:
   """`python -m hinqa_jax COMMAND --help [--config=FILE]`: the keys with their values in FILE (else the default
   config) and the comments that declare them in hinqa_jax/config.py (then FILE)."""
-  from hinqa_jax import config as config_lib
   what, own_flags, sections = _HELP[command]
   path = cli.config_file(argv)
   config = config_lib.load(path) if path else config_lib.default_config()
@@ -57,20 +59,17 @@ def _command_help(command: str, argv: list[str]) -> str:
 
 
 def main(argv):
-  from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's INFO lines; this also sets the root logger's level
   logging.getLogger("hinqa_jax").setLevel(logging.INFO)  # so our own progress lines ("m1: up to date, skipped") stay
   if len(argv) != 2 or argv[1] not in COMMANDS:
     cli.fail(f"usage: python -m hinqa_jax {{{'|'.join(COMMANDS)}}} --config=... --workdir=... (COMMAND --help: its keys)")
   command, config = argv[1], FLAGS.config
   if command in ("train", "run"):  # before jax starts its threads (cpu_tuning.py: training steps only)
-    from hinqa_jax import cpu_tuning
     cpu_tuning.keep_freed_memory()
   if config is None:
     cli.fail("--config is required")
-  from hinqa_jax.config import check
   try:
-    check(config)
+    config_lib.check(config)
   except ValueError as err:
     cli.fail(str(err))
   if command == "plan":
@@ -83,12 +82,11 @@ def main(argv):
     result = plan.plan(config, FLAGS.target, loss_cap=loss_cap)
     print(plan.report(result))
     if FLAGS.json:
-      from hinqa_jax.files import write_atomic
       write_atomic(FLAGS.json, json.dumps(result, indent=2, default=str))
     return
   if not FLAGS.workdir:
     cli.fail("--workdir is required")
-  from hinqa_jax import distributed, pipeline
+  from hinqa_jax import distributed, pipeline  # jax, and gen's and metrics' dependencies: only now
   distributed.initialize()
   with distributed.failing_together():  # an error on any process stops every process, each saying it
     pipeline.make_mesh(config)  # before any work: the mesh fits this job's devices ...
