@@ -26,7 +26,6 @@ import numpy as np
 from flax import nnx
 
 from hinqa_jax import attention, cpu_tuning, quant, sharding
-from hinqa_jax.attention import ATTN_BLOCK  # noqa: F401 (the query block of the CPU path; tests read it here)
 from hinqa_jax.matmul import matmul
 
 Params = dict[str, Any]

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from helpers import hf_logits, tiny_hf_model
-from hinqa_jax import hf, model
+from hinqa_jax import attention, hf, model
+from hinqa_jax.matmul import matmul
 
 # Meta-Llama-3.1-8B/config.json, verbatim.
 META_LLAMA31_8B = {
@@ -95,8 +96,8 @@ def test_unknown_preset_and_bad_config():
 
 
 def test_blocked_causal_attention_matches_transformers(tmp_path):
-  """256 tokens: the causal attention runs in query blocks (model.ATTN_BLOCK), with packing and padding."""
-  assert 256 % model.ATTN_BLOCK == 0 and 256 // model.ATTN_BLOCK >= 2
+  """256 tokens: the causal attention runs in query blocks (attention.ATTN_BLOCK), with packing and padding."""
+  assert 256 % attention.ATTN_BLOCK == 0 and 256 // attention.ATTN_BLOCK >= 2
   m = tiny_hf_model(tmp_path, kv_heads=2)
   cfg, params = hf.load_hf(tmp_path)
   rs = np.random.RandomState(5)
@@ -116,13 +117,13 @@ def test_blocked_causal_attention_matches_transformers(tmp_path):
 
 
 def test_bf16_matmul_rounds_once_forward_and_backward():
-  """model.matmul at bf16: forward, dx and dw are the float32 products rounded once to bf16 (as GPU/TPU
+  """matmul.matmul at bf16: forward, dx and dw are the float32 products rounded once to bf16 (as GPU/TPU
   matmuls accumulate), and a frozen kernel (not differentiated) gets no [I,O] gradient dot at all."""
   ks = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(ks[0], (4, 64, 96)).astype(jnp.bfloat16)
   w = (jax.random.normal(ks[1], (96, 80)) / 10).astype(jnp.bfloat16)
   g = jax.random.normal(ks[2], (4, 64, 80)).astype(jnp.bfloat16)
-  y, vjp = jax.vjp(model.matmul, x, w)
+  y, vjp = jax.vjp(matmul, x, w)
   dx, dw = vjp(g)
   f32, hp = (lambda a: np.asarray(a.astype(jnp.float32))), jax.lax.Precision.HIGHEST
   specs = [("bti,io->bto", x, w, 96), ("bto,io->bti", g, w, 80), ("bti,bto->io", x, g, 4 * 64)]
@@ -136,5 +137,5 @@ def test_bf16_matmul_rounds_once_forward_and_backward():
     assert np.all(np.abs(f32(got) - ref) <= 2.0**-8 * (np.abs(ref) + slack) + slack)
     assert np.mean(f32(got) != f32(jnp.asarray(ref).astype(jnp.bfloat16))) < 1e-3  # almost always the same bits
     # A float32 result (no rounding) or one rounded twice would break the bound or the equality rate.
-  frozen = jax.make_jaxpr(jax.grad(lambda a: jnp.sum(model.matmul(a, w).astype(jnp.float32))))(x)
+  frozen = jax.make_jaxpr(jax.grad(lambda a: jnp.sum(matmul(a, w).astype(jnp.float32))))(x)
   assert str(frozen).count("dot_general") == 2  # forward and dx only
