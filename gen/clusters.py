@@ -27,7 +27,7 @@ def _differing_supported(m: Any, group: list[Any]) -> bool:
   """Whether the facts m's answer adds, beyond its group's questions and what every answer shares, are in the context."""
   asked = set().union(*(faithful.content_stems(x.q) for x in group))
   shared = set.intersection(*(set(faithful.content_stems(x.a)) for x in group))
-  ctx = set(faithful.content_stems(m.rec["context"])) | set(map(faithful.stem, faithful.tokens(m.rec["context"])))
+  ctx = faithful.context_stems(m.rec["context"])
   differing = {s for s in faithful.content_stems(m.a) if s not in asked and s not in shared}
   return differing <= ctx and not faithful.unsupported_numbers(m.a, m.rec["context"])
 

@@ -72,6 +72,12 @@ def content_stems(text: str) -> list[str]:
   return [s for s in map(stem, tokens(text)) if s and s not in _STOP_STEMS]
 
 
+@functools.lru_cache(maxsize=1 << 12)  # once per context, not once per pair of it
+def context_stems(context: str) -> frozenset[str]:
+  """Folded tokens of a context, function words included."""
+  return frozenset(map(stem, tokens(context)))
+
+
 # ---------------------------------------------------------------- facts
 
 _light = num.fold  # dates keep their vowel signs
@@ -101,8 +107,13 @@ def numbers(text: str) -> frozenset[float]:
 def unsupported_numbers(answer: str, context: str) -> list[str]:
   """Numbers and dates of the answer that the context does not state."""
   bad = [num.fmt(n) for n in sorted(numbers(answer) - numbers(context))]
-  ctx_words = {_light(t) for t in tokens(context)}
+  ctx_words = _light_words(context)
   return bad + sorted(e for e in {_light(t) for t in tokens(answer)} & _DATE_WORDS if e not in ctx_words)
+
+
+@functools.lru_cache(maxsize=1 << 12)  # once per context
+def _light_words(context: str) -> frozenset[str]:
+  return frozenset(_light(t) for t in tokens(context))
 
 
 def unsupported_entities(answer: str, context: str, known: tuple[str, ...] = ()) -> list[str]:
@@ -122,7 +133,7 @@ def grounding_score(answer: str, context: str, window: int = 3) -> float:
   ans = _wordy_stems(answer)
   if not ans:
     return 1.0 if content_stems(answer) else 0.0  # only numbers: judged by unsupported_numbers alone
-  sents = [set(_wordy_stems(s)) for s in split_sentences(context)]
+  sents = _sentence_stems(context)
   best = 0
   for i in range(len(sents)):
     covered: set[str] = set()
@@ -132,9 +143,14 @@ def grounding_score(answer: str, context: str, window: int = 3) -> float:
   return best / len(ans)
 
 
+@functools.lru_cache(maxsize=1 << 12)  # once per context
+def _sentence_stems(context: str) -> tuple[frozenset[str], ...]:
+  return tuple(frozenset(_wordy_stems(s)) for s in split_sentences(context))
+
+
 def new_content_support(question: str, answer: str, context: str) -> float:
   """Share of what the answer adds beyond the question (numbers aside: they are checked by value) found in the context."""
-  ctx = {stem(t) for t in tokens(context)}
+  ctx = context_stems(context)
   asked = set(content_stems(question))
   new = [s for s in _wordy_stems(answer) if s not in asked]
   return sum(s in ctx for s in new) / len(new) if new else 1.0

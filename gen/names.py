@@ -19,6 +19,7 @@ models may not be downloaded at run time.
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -122,9 +123,14 @@ def uncommon(text: str) -> set[str]:
   return {w for w in words(text) if _uncommon(w)}
 
 
+@functools.lru_cache(maxsize=1 << 12)  # once per context, not once per pair of it
+def _known_words(context: str, known: tuple[str, ...]) -> Vocabulary:
+  return Vocabulary(words(context) + [key(w) for k in known for w in _WORD.findall(k)])
+
+
 def unsupported(answer: str, context: str, known: tuple[str, ...] = ()) -> list[str]:
   """Entities of the answer (runs of uncommon words) that neither the context nor `known` contains."""
-  known = Vocabulary(words(context) + [key(w) for k in known for w in _WORD.findall(k)])
+  known = _known_words(context, tuple(known))
   out, run = [], []
   for w in words(answer) + [""]:
     if _uncommon(w) and w not in known:
