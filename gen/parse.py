@@ -73,11 +73,7 @@ def _pair_from(obj: object) -> tuple[str, str] | str | None:
     return "missing_field"
   if not isinstance(q, str) or not isinstance(a, str):
     return "not_text"
-  if not q.strip():
-    return "empty_question"
-  if not a.strip():
-    return "empty_answer"
-  return " ".join(q.split()), " ".join(a.split())
+  return _item(" ".join(q.split()), " ".join(a.split()))
 
 
 def _pairs_from_value(value: object) -> list[tuple[str, str] | str] | None:
@@ -230,8 +226,7 @@ def parse_pairs(text: str | None) -> Parsed:
   text = re.sub(r"```[a-zA-Z]*", "\n", text)  # fences anywhere, also glued to the last answer
   items: list = []
   for m in _LABELLED.finditer(text):
-    q, a = (" ".join(g.strip(" *\"'").split()) for g in m.groups())
-    items.append("empty_question" if not q else "empty_answer" if not a else (q, a))
+    items.append(_item(*map(_clean, m.groups())))
   starts = len(re.findall(_ITEM_START, text, re.I))
   if not items:
     starts = 0
@@ -244,6 +239,11 @@ def parse_pairs(text: str | None) -> Parsed:
 
 def _clean(cell: str) -> str:
   return " ".join(cell.strip(" *\"'").split())
+
+
+def _item(q: str, a: str) -> tuple[str, str] | str:
+  """(q, a), or the PARSE_DROPS reason when either is empty: one rule for every format."""
+  return "empty_question" if not q else "empty_answer" if not a else (q, a)
 
 
 def _table_items(text: str) -> list[tuple[str, str] | str]:
@@ -265,7 +265,7 @@ def _table_items(text: str) -> list[tuple[str, str] | str]:
       if i is None:
         continue
       q, a = _clean(row[i]), _clean(row[i + 1]) if i + 1 < len(row) else ""
-    items.append("empty_question" if not q else "empty_answer" if not a else (q, a))
+    items.append(_item(q, a))
   return items
 
 
