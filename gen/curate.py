@@ -217,8 +217,8 @@ def curate_records(synthetic: list[dict], originals: Iterable[Any], heldout: Map
   agreement: dict = {}
   conflicts: list = []
   for cid in sorted(by_ctx):
-    clusters.resolve_clusters(by_ctx[cid], orig_by_ctx.get(cid, []) if cfg.against_original else [], cfg, agreement,
-                      conflicts)
+    clusters.resolve_clusters(by_ctx[cid], orig_by_ctx.get(cid, []) if cfg.against_original else [], cfg,
+                              agreement, conflicts)
   clusters.corpus_duplicates(items, orig_all if cfg.against_original else [], cfg)
   if cfg.judge.enabled:
     judges = judge_assignment({it.teacher for it in items}, cfg.judge)

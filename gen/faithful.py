@@ -24,7 +24,6 @@ import unicodedata
 from gen import names, numbers as num
 from gen.text import STOPWORDS, split_sentences
 
-_DIGITS = str.maketrans("०१२३४५६७८९", "0123456789")
 _VOWEL_FOLD = str.maketrans({"ई": "इ", "ऊ": "उ", "ऐ": "ए", "औ": "ओ", "ॠ": "ऋ", "आ": "अ"})
 # Words are runs of Devanagari letters and marks (no danda, no digits) or of Latin letters; numbers
 # keep their decimal point and thousands commas.
@@ -42,7 +41,7 @@ _SYNONYMS = {"ज्यादा": "अधिक", "ज़्यादा": "अ
 def stem(token: str) -> str:
   """Fold one token: synonyms, digits ASCII, all combining marks and ZWJ/ZWNJ dropped, long vowels short."""
   token = _SYNONYMS.get(unicodedata.normalize("NFC", token), token)
-  text = unicodedata.normalize("NFD", token.lower()).translate(_DIGITS)
+  text = unicodedata.normalize("NFD", token.lower()).translate(num.DIGITS)
   text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "M" and ch not in "\u200c\u200d")
   text = text.translate(_VOWEL_FOLD)
   # With the matras gone, the commonest inflections leave one consonant: देखने/देखना -> दखन,
@@ -57,7 +56,7 @@ def stem(token: str) -> str:
 @functools.lru_cache(maxsize=1 << 12)  # a context is tokenised for every pair of it
 def tokens(text: str) -> tuple[str, ...]:
   """Words and numbers of a text in order (NFC, lower case, digits ASCII)."""
-  return tuple(_TOKEN.findall(num.canonical(unicodedata.normalize("NFC", text)).lower().translate(_DIGITS)))
+  return tuple(_TOKEN.findall(num.canonical(unicodedata.normalize("NFC", text)).lower().translate(num.DIGITS)))
 
 
 _STOP_STEMS = frozenset(stem(w) for w in STOPWORDS) | frozenset(stem(w) for w in (

@@ -20,7 +20,7 @@ import functools
 import re
 import unicodedata
 
-_DIGITS = str.maketrans("०१२३४५६७८९", "0123456789")
+DIGITS = str.maketrans("०१२३४५६७८९", "0123456789")  # str.translate table: Devanagari digits as ASCII
 _CARDINALS = (
   "शून्य एक दो तीन चार पाँच छह सात आठ नौ दस ग्यारह बारह तेरह चौदह पंद्रह सोलह सत्रह अठारह उन्नीस "
   "बीस इक्कीस बाईस तेईस चौबीस पच्चीस छब्बीस सत्ताईस अट्ठाईस उनतीस तीस इकतीस बत्तीस तैंतीस चौंतीस "
@@ -95,7 +95,7 @@ def ordinal(word: str) -> float | None:
 
 def spans(text: str) -> list[tuple[int, int, float]]:
   """(start, end, value) of every number in `text` (character offsets into `text` itself)."""
-  toks = [(m.start(), m.end(), fold(m.group().translate(_DIGITS))) for m in _TOKEN.finditer(text)]
+  toks = [(m.start(), m.end(), fold(m.group().translate(DIGITS))) for m in _TOKEN.finditer(text)]
   out: list[tuple[int, int, float]] = []
   i = 0
   while i < len(toks):

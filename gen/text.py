@@ -1,8 +1,8 @@
 """Hindi text helpers for curation: n-grams, token F1, sentences (normalisation and the Devanagari
 ratio are the readers', in hinqa_jax/records.py).
 
-Two normal forms are used on purpose:
 Numbers are written as their values first (gen/numbers.py: "चौदह", "१४" and "14" are one token).
+Two normal forms are used on purpose:
 - `norm_tokens` (NFC, lower case, no punctuation) is what token F1 and n-gram overlap compare;
 - `loose_key` also strips every vowel sign, nukta, anusvara and virama and sorts the token set, so
   questions that differ only in matras (ि vs ी), nukta spellings (ज़ vs ज), punctuation or word order
@@ -14,13 +14,12 @@ import collections
 import re
 import unicodedata
 
-from gen.numbers import canonical
+from gen.numbers import DIGITS, canonical
 
 # Sentence ends: danda, double danda, ? and !, newlines, and a full stop that is not a decimal point.
 _SENTENCE_END = re.compile(r"[।॥?!\n]+|(?<!\d)\.(?!\d)")
 # Independent long vowels written for their short form (and vice versa) in loose spelling.
 _VOWEL_FOLD = str.maketrans({"ई": "इ", "ऊ": "उ", "ऐ": "ए", "औ": "ओ", "ॠ": "ऋ", "आ": "अ"})
-_DIGITS = str.maketrans("०१२३४५६७८९", "0123456789")
 # Function words that make any two Hindi sentences look alike; dropped when scoring content overlap.
 STOPWORDS = frozenset(
   "है हैं था थे थी थीं हो होता होती होते होना की का के में से को पर और भी यह वह ये वे इस उस इन उन "
@@ -34,7 +33,7 @@ def _strip_punct(text: str) -> str:
 
 def norm_tokens(text: str) -> list[str]:
   """Tokens for F1 and n-gram overlap: NFC, lower case, digits as ASCII, punctuation removed."""
-  text = canonical(unicodedata.normalize("NFC", text)).lower().translate(_DIGITS)
+  text = canonical(unicodedata.normalize("NFC", text)).lower().translate(DIGITS)
   return _strip_punct(text).split()
 
 
@@ -51,7 +50,7 @@ _AUXILIARY_KEYS = frozenset({"ह", "थ"})
 
 def loose_key(text: str) -> str:
   """Spelling-, punctuation- and order-insensitive key: matra-stripped sorted token set, no auxiliary."""
-  text = unicodedata.normalize("NFD", canonical(unicodedata.normalize("NFC", text))).lower().translate(_DIGITS)
+  text = unicodedata.normalize("NFD", canonical(unicodedata.normalize("NFC", text))).lower().translate(DIGITS)
   # NFD splits precomposed nukta letters (क़ -> क + ़); dropping every combining mark then removes
   # matras, nukta, candrabindu, anusvara, visarga and virama in one pass.
   text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "M").translate(_VOWEL_FOLD)
@@ -85,7 +84,7 @@ def dedup_form(text: str) -> str:
   """Normal form for near-duplicate keys: numbers as values, NFD, nukta and ZWJ/ZWNJ dropped, chandrabindu as
   anusvara, digits ASCII, danda and all punctuation as spaces, lower case, single spaces."""
   text = canonical(unicodedata.normalize("NFC", text))
-  text = unicodedata.normalize("NFD", text).lower().translate(_DIGITS).translate(_DEDUP_DROP)
+  text = unicodedata.normalize("NFD", text).lower().translate(DIGITS).translate(_DEDUP_DROP)
   text = text.replace("\u0901", "\u0902")
   return " ".join(_strip_punct(unicodedata.normalize("NFC", text)).split())
 
