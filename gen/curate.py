@@ -189,6 +189,29 @@ def curate_records(synthetic: list[dict], originals: Iterable[Any], heldout: Map
 
   judge_backends maps judge names (config teacher names) to backends, used when cfg.judge.enabled.
   """
+  items, orig_by_ctx, orig_all = _checked_items(synthetic, originals, heldout, cfg)
+  agreement, conflicts = _cross_pair(items, orig_by_ctx, orig_all, cfg, judge_backends, judge_batch_size)
+  reasons = {it.rec["id"]: it.reason for it in items}
+  for group in conflicts:  # later passes (corpus duplicates, judge) may drop a group's survivor
+    for m in group["members"]:
+      m["reason"] = reasons[m["id"]]
+    if group["kept"] and reasons[group["kept"]]:
+      group["kept"] = None
+  kept, rejected = [], []
+  for it in items:
+    curation = {"grounding": round(it.grounding, 4), "judge": it.verdict, "judged_by": it.judged_by}
+    rec = {**it.rec, "provenance": {**(it.rec.get("provenance") or {}), "curation": curation}}
+    if it.reason:
+      rejected.append({**rec, "reason": it.reason, "detail": it.detail})
+    else:
+      kept.append(rec)
+  return kept, rejected, report_lib.build(items, agreement, conflicts, cfg, REASONS)
+
+
+def _checked_items(synthetic: list[dict], originals: Iterable[Any], heldout: Mapping[str, Iterable[Any]],
+                   cfg: Any) -> tuple[list[Item], dict[str, list[tuple[str, str, str]]], list[tuple[str, str, str]]]:
+  """The per-pair stage: every synthetic pair as an Item with its flags and first reason, and the
+  originals by context and in all (id, question, answer)."""
   held = HeldOut(heldout, cfg.ngram, cfg.contam_ngram)
   orig_by_ctx: dict[str, list[tuple[str, str, str]]] = collections.defaultdict(list)
   orig_all = []
@@ -210,6 +233,15 @@ def curate_records(synthetic: list[dict], originals: Iterable[Any], heldout: Map
     it.flags = _pair_checks(it, cfg, held, ctx_words[cid])
     it.reason, it.detail = it.flags[0] if it.flags else ("", "")
     items.append(it)
+  return items, orig_by_ctx, orig_all
+
+
+def _cross_pair(items: list[Item], orig_by_ctx: Mapping[str, list[tuple[str, str, str]]],
+                orig_all: list[tuple[str, str, str]], cfg: Any,
+                judge_backends: Mapping[str, backends_lib.Backend] | None = None,
+                judge_batch_size: int = 16) -> tuple[dict, list]:
+  """The steps where a pair's fate depends on the others (clusters, corpus duplicates, the judge): set
+  the items' reasons; returns (teacher agreement, conflict groups)."""
   by_ctx = collections.defaultdict(list)
   for it in items:  # faithfulness failures stay in the clusters: a conflict group shows every answer
     if it.reason not in _CHEAP:
@@ -226,27 +258,14 @@ def curate_records(synthetic: list[dict], originals: Iterable[Any], heldout: Map
     if missing:
       raise ValueError(f"curate.judge.enabled is set but no backend for judge(s) {missing}")
     judge_pairs([it for it in items if not it.reason], judge_backends, judges, cfg, judge_batch_size)
-  reasons = {it.rec["id"]: it.reason for it in items}
-  for group in conflicts:  # later passes (corpus duplicates, judge) may drop a group's survivor
-    for m in group["members"]:
-      m["reason"] = reasons[m["id"]]
-    if group["kept"] and reasons[group["kept"]]:
-      group["kept"] = None
-  kept, rejected = [], []
-  for it in items:
-    curation = {"grounding": round(it.grounding, 4), "judge": it.verdict, "judged_by": it.judged_by}
-    rec = {**it.rec, "provenance": {**(it.rec.get("provenance") or {}), "curation": curation}}
-    if it.reason:
-      rejected.append({**rec, "reason": it.reason, "detail": it.detail})
-    else:
-      kept.append(rec)
-  return kept, rejected, report_lib.build(items, agreement, conflicts, cfg, REASONS)
+  return agreement, conflicts
 
 
 def pipeline_sweeps(synthetic: list[dict], originals: Iterable[Any], heldout: Mapping[str, Iterable[Any]],
                     cfg: Any) -> dict:
-  """Per cross-pair threshold and value: the pairs its reasons would drop, from a rerun of curation."""
-  originals, heldout = list(originals), {k: list(v) for k, v in heldout.items()}
+  """Per cross-pair threshold and value: the pairs its reasons would drop, from a rerun of curation's
+  cross-pair steps (the per-pair checks do not read these thresholds: they run once)."""
+  items, orig_by_ctx, orig_all = _checked_items(synthetic, originals, heldout, cfg)
   out = {}
   for key, (reasons, values) in report_lib.PIPELINE_SWEEPS.items():
     rows = {}
@@ -255,8 +274,11 @@ def pipeline_sweeps(synthetic: list[dict], originals: Iterable[Any], heldout: Ma
       with trial.unlocked():
         trial[key] = v
         trial.judge.enabled = False
-      _, rejected, _ = curate_records(synthetic, originals, heldout, trial)
-      rows[str(v)] = {"would_drop": sum(r["reason"] in reasons for r in rejected), "rejected": len(rejected)}
+      for it in items:  # back to the per-pair verdict before the cross-pair steps
+        it.reason, it.detail = it.flags[0] if it.flags else ("", "")
+      _cross_pair(items, orig_by_ctx, orig_all, trial)
+      rejected = [it for it in items if it.reason]
+      rows[str(v)] = {"would_drop": sum(it.reason in reasons for it in rejected), "rejected": len(rejected)}
     out[key] = {"current": cfg[key], "reasons": list(reasons), "values": rows}
   return out
 
