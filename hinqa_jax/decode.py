@@ -69,15 +69,17 @@ def split_layers(tree):
 
 
 def forward_cached(cfg: ModelConfig, params: Params, layers: list, layer_adapters: list | None, tokens_bt,
-                   positions_bt, caches: list, cache_segments_bs, cache_index, *, lora_cfg=None):
+                   positions_bt, caches: list, cache_segments_bs, cache_index, *, lora_cfg=None,
+                   platform: str | None = None):
   """Hidden states [B,T,D] of a chunk that follows what the caches hold, and the caches with it written.
 
   layers / layer_adapters: split_layers of params["layers"] / adapters["layers"]; caches: init_cache's
   per-layer {"k", "v"} [B,K,S,E]; cache_segments_bs: segment ids of the slots, this chunk's included
   (0 = empty or padding); the chunk's tokens go to slots cache_index.. and see slots up to their own.
+  platform: the devices compiled for (default: the backend's), as in model.forward_hidden.
   """
   b, t = tokens_bt.shape
-  shared = model_lib.shared_inputs(cfg, b, t, None, positions_bt, None)
+  shared = model_lib.shared_inputs(cfg, b, t, None, positions_bt, None, platform)
   slots_s = jnp.arange(cache_segments_bs.shape[1])
   q_slot_bt = cache_index + jnp.arange(t)[None, :]
   q_segments_bt = jax.lax.dynamic_slice_in_dim(cache_segments_bs, cache_index, t, axis=1)
@@ -151,7 +153,7 @@ def _generate_impl(cfg: ModelConfig, params, adapters, lora_cfg, tokens_bp, segm
     i, out, cache, done, pos = state
     tok = out[:, i - 1]
     x, cache = forward_cached(cfg, params, layers, layer_adapters, tok[:, None], pos[:, None], cache,
-                              segments_bs, p + i - 1, lora_cfg=lora_cfg)
+                              segments_bs, p + i - 1, lora_cfg=lora_cfg, platform=platform)
     logits = model_lib.logits_from_hidden(cfg, params, x)[:, 0]
     nxt = sample_logits(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
     nxt = jnp.where(done, 0, nxt)  # finished rows keep emitting a filler that is cut off below

@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from hinqa_jax import checkpoint, distributed, hf, locks, lora, loss, model, sharding, stages, validation
+from hinqa_jax.files import write_atomic
 from hinqa_jax.tracking import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -394,5 +395,5 @@ def _run_stage(config, stage_dir: Path, stage: str, dataset, *, init_from: str |
   mngr.close()  # checkpoints are written in the background (checkpoint.save): wait for the last ones
   summary = {"stage": stage, "steps": t.num_steps, "final": steps.last, "checkpoints": str(mngr.directory)}
   if jax.process_index() == 0:
-    (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(stage_dir / "summary.json", json.dumps(summary, indent=2))
   return {**summary, "state": state, "frozen": frozen, "cfg": cfg, "lcfg": lcfg}

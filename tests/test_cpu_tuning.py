@@ -159,7 +159,7 @@ def test_flat_tokens_reach_the_compiled_products(monkeypatch):
   bt_d = f"tensor<2x24x{cfg.dim}xf32>"
   flat_d = f"tensor<48x{cfg.dim}xf32>"
 
-  def lowered() -> list[str]:
+  def lowered() -> tuple[list[str], int]:
     text = jax.jit(lambda p, a, t: model.forward_hidden(cfg, p, t, adapters=a, lora_cfg=lcfg)).lower(
         params, ad, tokens).as_text()
     return [line for line in text.splitlines() if "dot_general" in line], text.count("stablehlo.while")
@@ -170,3 +170,26 @@ def test_flat_tokens_reach_the_compiled_products(monkeypatch):
   monkeypatch.setenv("HINQA_JAX_CPU_TUNING", "off")
   dots, loops = lowered()
   assert loops == 1 and any(f"({bt_d}," in d for d in dots) and not any(flat_d in d for d in dots)
+
+
+def test_decoding_takes_the_choice_of_the_platform_it_is_compiled_for():
+  """A decode step lowered for a TPU (plan --target on this CPU machine) keeps [B,1,D] products; for XLA:CPU
+  it multiplies [B,D]: the choice follows the target, not the process's backend."""
+  import jax
+  import jax.numpy as jnp
+  from hinqa_jax import decode, model
+  cfg = model.ModelConfig.preset("tiny", vocab_size=256)
+  params = model.init(cfg, jax.random.key(0))
+  layers = decode.split_layers(params["layers"])
+  caches = decode.init_cache(cfg, 2, 8)
+  tokens, positions = jnp.ones((2, 1), jnp.int32), jnp.full((2, 1), 3, jnp.int32)
+  segments = jnp.ones((2, 8), jnp.int32)
+
+  def dots(platform: str) -> list[str]:
+    text = jax.jit(lambda: decode.forward_cached(cfg, params, layers, None, tokens, positions, caches, segments, 3,
+                                                 platform=platform)).lower().as_text()
+    return [line for line in text.splitlines() if "dot_general" in line]
+
+  per_row = f"tensor<2x1x{cfg.dim}xf32>"
+  assert not any(f"({per_row}," in d for d in dots("cpu"))
+  assert any(f"({per_row}," in d for d in dots("tpu"))
