@@ -150,26 +150,37 @@ def test_the_switches_change_no_result(monkeypatch):
   assert tuned[2] == untuned[2]
 
 
-def test_flat_tokens_reach_the_compiled_products(monkeypatch):
-  """The switch takes effect: tuned, no projection multiplies a [B,T,D] operand (tokens flattened to
-  [B*T,D]) and the layers are unrolled; off, the products keep [B,T,D] and the layers run in one loop."""
-  import jax
-  from hinqa_jax import model
-  cfg, params, lcfg, ad, tokens = _lora_setup()
-  bt_d = f"tensor<2x24x{cfg.dim}xf32>"
-  flat_d = f"tensor<48x{cfg.dim}xf32>"
+def test_the_switches_reach_the_lowered_program(monkeypatch):
+  """Each switch takes effect where it is consulted. Tuned: no projection multiplies a [B,T,.] operand (tokens
+  flattened to [B*T,.], down_proj's and LoRA's inputs included), the layers are unrolled, a prefill still
+  scans them, bf16 keeps its batch axes, and generate compiles with the CPU options; off: none of it."""
+  import re
 
-  def lowered() -> tuple[list[str], int]:
-    text = jax.jit(lambda p, a, t: model.forward_hidden(cfg, p, t, adapters=a, lora_cfg=lcfg)).lower(
+  import jax
+  from hinqa_jax import decode, model
+  cfg, params, lcfg, ad, tokens = _lora_setup()
+  per_row = re.compile(r"dot_general.*\(tensor<2x24x\d+x(f32|bf16)>,")
+  flat = re.compile(r"dot_general.*\(tensor<48x\d+xf32>,")
+
+  def lowered(c=cfg, prefill: bool = False) -> tuple[list[str], int]:
+    text = jax.jit(lambda p, a, t: model.forward_hidden(c, p, t, adapters=a, lora_cfg=lcfg, return_kv=prefill)).lower(
         params, ad, tokens).as_text()
     return [line for line in text.splitlines() if "dot_general" in line], text.count("stablehlo.while")
 
   monkeypatch.delenv("HINQA_JAX_CPU_TUNING", raising=False)
   dots, loops = lowered()
-  assert loops == 0 and any(flat_d in d for d in dots) and not any(f"({bt_d}," in d for d in dots)
+  assert loops == 0 and any(flat.search(d) for d in dots) and not any(per_row.search(d) for d in dots)
+  # One layer's body (lowered once, called per layer): 7 projections, each with its two LoRA products.
+  assert sum(bool(flat.search(d)) for d in dots) == 7 * 3
+  assert lowered(prefill=True)[1] == 1  # a prefill keeps no residuals: scanned
+  bf16_dots, _ = lowered(cfg.replace(dtype="bfloat16"))
+  assert any(per_row.search(d) for d in bf16_dots)  # bf16 is not flattened
+  assert decode.generate_fn("cpu") is decode._generate_cpu
   monkeypatch.setenv("HINQA_JAX_CPU_TUNING", "off")
   dots, loops = lowered()
-  assert loops == 1 and any(f"({bt_d}," in d for d in dots) and not any(flat_d in d for d in dots)
+  assert loops == 1 and not any(flat.search(d) for d in dots)
+  assert sum(bool(per_row.search(d)) for d in dots) == 7 * 3  # the same products, laid out per row
+  assert decode.generate_fn("cpu") is decode._generate
 
 
 def test_decoding_takes_the_choice_of_the_platform_it_is_compiled_for():
@@ -190,6 +201,7 @@ def test_decoding_takes_the_choice_of_the_platform_it_is_compiled_for():
                                                  platform=platform)).lower().as_text()
     return [line for line in text.splitlines() if "dot_general" in line]
 
-  per_row = f"tensor<2x1x{cfg.dim}xf32>"
-  assert not any(f"({per_row}," in d for d in dots("cpu"))
-  assert any(f"({per_row}," in d for d in dots("tpu"))
+  per_row, flat = f"(tensor<2x1x{cfg.dim}xf32>,", f"(tensor<2x{cfg.dim}xf32>,"
+  on_cpu, on_tpu = dots("cpu"), dots("tpu")
+  assert any(flat in d for d in on_cpu) and not any(per_row in d for d in on_cpu)
+  assert any(per_row in d for d in on_tpu) and not any(flat in d for d in on_tpu)
