@@ -74,12 +74,13 @@ _digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> dige
 
 def file_digest(path: str | os.PathLike) -> str:
   """16 hex digits of the sha256 of a file's bytes, or "missing". Streamed (a 5 GB weight shard is never
-  in memory) and remembered by (path, size, mtime), so a file is read once per process."""
+  in memory) and remembered by (path, inode, size, mtime, ctime), so a file is read once per process and a
+  rewrite is read again even within one tick of a coarse filesystem clock (a rename gives a new inode)."""
   p = Path(path)
   if not p.is_file():
     return "missing"
   st = p.stat()
-  memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+  memo = (str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
   if memo not in _digests:
     with open(p, "rb") as f:
       _digests[memo] = hashlib.file_digest(f, "sha256").hexdigest()[:16]

@@ -305,8 +305,8 @@ class _StepLog:
   non-finite loss stops the stage naming the step; metrics.jsonl every train.log_every steps (tracking.py),
   tokens/s over the time since the last flush (or the last checkpoint's save), a progress bar."""
 
-  def __init__(self, config, stage_dir: Path, stage: str, start: int, mngr, progress: bool):
-    self.t, self.stage, self.mngr = config.train, stage, mngr
+  def __init__(self, config, stage_dir: Path, stage: str, start: int, progress: bool):
+    self.t, self.stage = config.train, stage
     self.writer = MetricsWriter(stage_dir, resume_step=start, enabled=jax.process_index() == 0)
     self.bar = tqdm(total=self.t.num_steps, initial=start, desc=stage,
                     disable=not progress or jax.process_index() != 0)
@@ -321,7 +321,6 @@ class _StepLog:
     n, m = self.pending
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     if not np.isfinite(m["loss"]):
-      self.mngr.close()  # the checkpoints already started are completed, not left half written
       raise FloatingPointError(f"{self.stage}: loss is {m['loss']} at step {n} (grad norm {m['grad_norm']}); lower "
                                f"train.learning_rate or check the data (loss-masked tokens: {m['loss_tokens']:.0f})")
     now = time.perf_counter()
@@ -368,31 +367,32 @@ def _run_stage(config, stage_dir: Path, stage: str, dataset, *, init_from: str |
   validator = None if val_dataset is None or t.eval_every_steps <= 0 else validation.Validator(
       config, val_dataset, functools.partial(loss_sums, cfg=cfg, lcfg=lcfg, mode=mode,
                                              act_sharding=sharding.activation_sharding(mesh)), mesh, stage_dir)
-  steps = _StepLog(config, stage_dir, stage, start, mngr, progress)
+  steps = _StepLog(config, stage_dir, stage, start, progress)
 
-  with distributed.Preemption(config.checkpoint.preempt_grace_s) as preempt:
-    for step in range(start, t.num_steps):
-      state, metrics = step_fn(state, frozen_arg, global_batch(step))  # dispatch step N ...
-      steps.flush()  # ... before reading step N-1's metrics
-      if validator is not None:
-        metrics = {**metrics, **validator.step(step + 1, state, frozen_arg, meta)}
-      steps.pending = (step + 1, metrics)
-      n = step + 1
-      stop = preempt.reached(n)
-      if n % config.checkpoint.every_steps == 0 or n == t.num_steps or stop:
-        steps.flush()
-        checkpoint.save(mngr, n, state, meta)
-        steps.tick = time.perf_counter()  # the save's time is not the next step's
-      if stop:
-        steps.close()
-        mngr.close()  # the checkpoint is whole on disk before the process goes
-        log.warning("%s: SIGTERM, checkpoint saved at step %d, exiting", stage, n)
-        raise SystemExit(143)
-    steps.flush()
-  steps.close()
-  if mngr.latest_step() != t.num_steps:  # e.g. a resumed run that was already complete
-    checkpoint.save(mngr, t.num_steps, state, meta)
-  mngr.close()  # checkpoints are written in the background (checkpoint.save): wait for the last ones
+  try:
+    with distributed.Preemption(config.checkpoint.preempt_grace_s) as preempt:
+      for step in range(start, t.num_steps):
+        state, metrics = step_fn(state, frozen_arg, global_batch(step))  # dispatch step N ...
+        steps.flush()  # ... before reading step N-1's metrics
+        if validator is not None:
+          metrics = {**metrics, **validator.step(step + 1, state, frozen_arg, meta)}
+        steps.pending = (step + 1, metrics)
+        n = step + 1
+        stop = preempt.reached(n)
+        if n % config.checkpoint.every_steps == 0 or n == t.num_steps or stop:
+          steps.flush()
+          checkpoint.save(mngr, n, state, meta)
+          steps.tick = time.perf_counter()  # the save's time is not the next step's
+        if stop:
+          steps.close()
+          log.warning("%s: SIGTERM, checkpoint saved at step %d, exiting", stage, n)
+          raise SystemExit(143)
+      steps.flush()
+    steps.close()
+    if mngr.latest_step() != t.num_steps:  # e.g. a resumed run that was already complete
+      checkpoint.save(mngr, t.num_steps, state, meta)
+  finally:  # checkpoints are written in the background (checkpoint.save): on any exit, the last one is
+    mngr.close()  # finished on disk before the stage returns, raises or the process goes
   summary = {"stage": stage, "steps": t.num_steps, "final": steps.last, "checkpoints": str(mngr.directory)}
   if jax.process_index() == 0:
     write_atomic(stage_dir / "summary.json", json.dumps(summary, indent=2))

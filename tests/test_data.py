@@ -444,6 +444,7 @@ def test_bundled_set_packs_as_efficiently_as_the_readme_says(tmp_path):
   claim = re.search(r"packing is (\d+\.\d)% efficient on\s+the bundled set", (REPO / "README.md").read_text())
   assert claim, "README.md no longer states the bundled set's packing efficiency"
   assert f"{100 * manifest['packing_efficiency']:.1f}" == claim.group(1), manifest["packing_efficiency"]
+  assert manifest["packing_efficiency"] >= 0.90  # and a packer that got worse fails even with the README updated
   assert manifest["skipped"] == []
   records = read_records(BUNDLED / "train.json")
   check_rows(packing.PackedDataset(tmp_path / "p"), tok, [r.answer for r in records])

@@ -2,6 +2,7 @@
 a second writer, an error or a different path on one process of several, preemption of one host.
 Each test reproduces the fault for real (/dev/full for ENOSPC, truncated and edited Orbax files, live
 and dead pids, several processes joined by jax.distributed over gloo)."""
+import faulthandler
 import json
 import os
 import signal
@@ -28,18 +29,28 @@ def _one_device():
 
 # ----------------------------------------------------------------------------- a full disk, SIGTERM while blocked
 def test_a_full_disk_under_tensorboard_is_an_error_not_a_hang(tmp_path, monkeypatch):
-  """ENOSPC from the OS (/dev/full) while writing TensorBoard events: an OSError naming the stage at that
-  step, with the checkpoint before it intact (a background writer thread used to die and block the loop)."""
+  """ENOSPC from the OS (/dev/full) while writing TensorBoard events after the step-2 checkpoint: an OSError
+  naming the stage at that step (a background writer thread used to die and block the loop), the step-2
+  checkpoint whole on disk, and a run after the disk is freed resumes from it to the end."""
   real = tracking.MetricsWriter
 
-  def full_disk_writer(*a, **k):
-    w = real(*a, **k)
-    w._tb._py_recordio_writer._writer = open("/dev/full", "wb")  # noqa: SIM115 - every flush: ENOSPC
-    return w
-  monkeypatch.setattr(train, "MetricsWriter", full_disk_writer)
+  class FillsUpAfterStep2(real):
+    def write(self, step, metrics, prefix="train"):
+      if step > 2:  # every flush from here on: ENOSPC
+        self._tb._py_recordio_writer._writer = open("/dev/full", "wb")  # noqa: SIM115
+      return super().write(step, metrics, prefix)
+  monkeypatch.setattr(train, "MetricsWriter", FillsUpAfterStep2)
   c = toy_config(steps=6, every=2)
-  with pytest.raises(OSError, match=r"cannot write the metrics of step 1 to .*/s \(.*No space left on device"):
-    train.run_stage(c, tmp_path, "s", ToyPacked(), mesh=_one_device(), progress=False)
+  faulthandler.dump_traceback_later(300, exit=True)  # a hang fails this test (and its worker) with a traceback
+  try:
+    with pytest.raises(OSError, match=r"cannot write the metrics of step 3 to .*/s \(.*No space left on device"):
+      train.run_stage(c, tmp_path, "s", ToyPacked(), mesh=_one_device(), progress=False)
+  finally:
+    faulthandler.cancel_dump_traceback_later()
+  assert checkpoint.manager(tmp_path / "s" / "checkpoints").latest_step() == 2
+  monkeypatch.setattr(train, "MetricsWriter", real)
+  out = train.run_stage(c, tmp_path, "s", ToyPacked(), mesh=_one_device(), progress=False)
+  assert out["final"]["step"] == 6 and [m["step"] for m in read_metrics(tmp_path / "s")] == [1, 2, 3, 4, 5, 6]
   w = real(tmp_path / "x")
   w.path = Path("/dev/full")  # metrics.jsonl on a full disk: the same error
   with pytest.raises(OSError, match="cannot write the metrics of step 7"):
@@ -154,8 +165,9 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path,
       train.run_stage(toy_config(steps=2), tmp_path, "s", ToyPacked(), mesh=_one_device(), progress=False)
     old = time.time() - locks.STALE_S - 5  # ... until its heartbeat is older than STALE_S
     os.utime(tmp_path / "s" / ".lock", (old, old))
-    with locks.hold(tmp_path / "s", "probe"):
-      pass
+    with caplog.at_level("WARNING"), locks.hold(tmp_path / "s", "probe"):
+      assert json.loads((tmp_path / "s" / ".lock").read_text())["pid"] == os.getpid()  # taken over
+    assert "not refreshed for" in caplog.text
   finally:
     other.kill()
     other.wait()
@@ -187,8 +199,14 @@ def test_weights_are_keyed_on_every_shard_and_the_index(tmp_path):
                      ("model-00002-of-00002.safetensors", "b"), ("model.safetensors.index.json", "{}")]:
     (d / name).write_text(text)
   first = stages.weights_digest(d)
-  (d / "model-00002-of-00002.safetensors").write_text("c")  # another size and mtime: read again
-  assert stages.weights_digest(d) != first
+  seen = {first}
+  for name, text in [("model-00002-of-00002.safetensors", "cc"), ("model.safetensors.index.json", "{ }"),
+                     ("config.json", '{"a": 1}')]:  # every file of the base changes the key
+    (d / name).write_text(text)
+    seen.add(stages.weights_digest(d))
+  assert len(seen) == 4
+  for name, text in [("model.safetensors.index.json", "{}"), ("config.json", "{}")]:
+    (d / name).write_text(text)
   (d / "model-00002-of-00002.safetensors").write_text("b")
   os.utime(d / "model-00002-of-00002.safetensors", ns=(1, 1))
   assert stages.weights_digest(d) == first
