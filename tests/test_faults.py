@@ -18,6 +18,7 @@ import pytest
 
 from hinqa_jax import checkpoint, locks, sharding, stages, tracking, train
 from hinqa_jax.tracking import read_metrics
+from processes import finish, reaped
 from train_utils import ToyPacked, toy_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,12 +78,13 @@ train.run_stage(c, {str(tmp_path)!r}, "s", Hung(), progress=False)
   proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
   deadline = time.time() + 300
-  while not (tmp_path / "blocked").exists():
-    assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
-    time.sleep(0.2)
-  sent = time.time()
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=60)
+  with reaped([proc]):
+    while not (tmp_path / "blocked").exists():
+      assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
+      time.sleep(0.2)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = finish([proc], 60, "the blocked loop")[0]
   assert proc.returncode == 143, err[-2000:]
   assert time.time() - sent < 30
   assert "no step boundary within 2 s" in err
@@ -237,20 +239,16 @@ def _two_processes(scenario: str, workdir: Path, sigterm_to_1_after: str | None 
     procs.append(subprocess.Popen([sys.executable, str(REPO / "tests" / "multihost_worker.py"), scenario,
                                    str(workdir)], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True))
   start = time.time()
-  if sigterm_to_1_after:
-    while not (workdir / sigterm_to_1_after).exists():
-      assert all(p.poll() is None for p in procs) and time.time() - start < timeout, "never got there"
-      time.sleep(0.2)
-    procs[1].send_signal(signal.SIGTERM)
-    start = time.time()
-  errs = []
-  for p in procs:
-    try:
-      errs.append(p.communicate(timeout=max(1, timeout - (time.time() - start)))[1])
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise AssertionError(f"{scenario}: a process hung") from None
+  with reaped(procs):
+    if sigterm_to_1_after:
+      while not (workdir / sigterm_to_1_after).exists():
+        if any(p.poll() is not None for p in procs) or time.time() - start > timeout:
+          errs = [e for _, e in finish(procs, 1, scenario)]  # AssertionError with their output if they hang
+          raise AssertionError(f"{scenario}: never reached {sigterm_to_1_after}\n" + "\n".join(e[-2000:] for e in errs))
+        time.sleep(0.2)
+      procs[1].send_signal(signal.SIGTERM)
+      start = time.time()
+    errs = [e for _, e in finish(procs, timeout, scenario)]
   return [p.returncode for p in procs], errs, time.time() - start
 
 

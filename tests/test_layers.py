@@ -51,7 +51,10 @@ def imports(path: Path) -> list[tuple[str, bool, int]]:
   for node in ast.walk(tree):
     if isinstance(node, ast.Import):  # `import gen` runs gen/__init__.py
       names = [f"{a.name}.__init__" if a.name in PACKAGES else a.name for a in node.names]
-    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+    elif isinstance(node, ast.ImportFrom):
+      assert node.level == 0, f"{path}:{node.lineno}: a relative import (the layer check reads absolute ones)"
+      if not node.module:
+        continue
       # `from hinqa_jax import data` names a module; `from hinqa_jax.data import x` names its module.
       names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
     else:

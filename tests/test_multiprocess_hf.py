@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from hinqa_jax import hf, model
+from processes import finish
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,7 @@ def _two_processes(worker: str, tmp_path: Path, *args) -> list[str]:
            "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
     procs.append(subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), *map(str, args)], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-  outs = [p.communicate(timeout=300)[0] for p in procs]
+  outs = [out for out, _ in finish(procs, 300, "two processes")]
   assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
   return outs
 

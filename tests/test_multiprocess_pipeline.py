@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM
 from helpers import hf_logits
 from hinqa_jax import config as config_lib, evaluate, lora, pipeline, train
 from hinqa_jax.records import read_records
+from processes import finish
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS, SPLITS = ("m1", "m2", "m3"), ("val", "test1", "test2")
@@ -208,8 +209,7 @@ def test_a_workdir_not_shared_by_all_processes_fails_before_any_work(tmp_path):
     procs.append(subprocess.Popen([sys.executable, "-m", "hinqa_jax", "train", "--config=configs/tiny.py",
                                    f"--workdir={tmp_path / f'w{i}'}"], cwd=REPO, env=env, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-  for p in procs:
-    out = p.communicate(timeout=300)[0]
+  for p, (out, _) in zip(procs, finish(procs, 300, "two processes")):
     assert p.returncode != 0, out[-3000:]
     assert f"workdir {tmp_path / 'w'}" in out and "is not shared by all processes: process(es) [1] of 2 cannot see" \
         in out, out[-3000:]
